@@ -1,0 +1,23 @@
+"""Backbones: each returns five feature levels at nominal strides 2, 4, 8, 16, 32."""
+from __future__ import annotations
+
+from .base import Backbone
+from .efficientnet_lite import efficientnet_lite0
+from .resnet import resnet50, resnet101
+from .vgg import vgg16
+
+BACKBONES = {
+    "efficientnet_lite0": efficientnet_lite0,
+    "vgg16": vgg16,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+}
+
+
+def build_backbone(name: str, *, weights: str | None = None, output_stride: int = 32, **kwargs) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name](weights=weights, output_stride=output_stride, **kwargs)
+
+
+__all__ = ["Backbone", "BACKBONES", "build_backbone"]

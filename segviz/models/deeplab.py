@@ -1,0 +1,191 @@
+"""The DeepLab family.
+
+v1 "LargeFOV": Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected
+CRFs (Chen et al., ICLR 2015, https://arxiv.org/abs/1412.7062). VGG16 at output stride 8
+(pool4/pool5 strides removed, conv5 dilated 2) and fc6 as a 3x3 atrous conv of rate 12
+with 1024 channels, fc7 1x1, fc8 classifier; bilinear upsampling; dense CRF afterwards.
+
+v2: DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution,
+and Fully Connected CRFs (Chen et al., TPAMI 2017, https://arxiv.org/abs/1606.00915).
+ResNet-101 at output stride 8 and ASPP: four parallel 3x3 atrous convs with rates 6, 12,
+18, 24 straight to class scores, summed (the released ResNet-101 model's "fc1_c0..c3").
+
+v3: Rethinking Atrous Convolution for Semantic Image Segmentation (Chen et al. 2017,
+https://arxiv.org/abs/1706.05587). ASPP with batch norm: a 1x1 branch, three 3x3 atrous
+branches (rates 6, 12, 18 at output stride 16, doubled at 8) and image-level pooling,
+concatenated and projected to 256 channels. Module names follow torchvision so that
+torchvision's ``deeplabv3_resnet50`` state dict loads into ``deeplabv3_resnet50`` unchanged.
+
+Compact configurations use EfficientNet-Lite0. v1: fc6 is a depthwise-separable atrous conv
+(rate 12, the way DeepLab's MobileNet variants make atrous convs cheap), 256 channels.
+v2: unchanged ASPP-to-scores. v3: output stride 16 and 128-channel ASPP.
+The dense CRF is not part of any network here: it is a post-processing step (segviz.crf).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import build_backbone
+from ..layers import SegmentationModel, upsample_to
+from ..registry import ModelSpec, register
+
+
+# ----------------------------------------------------------------------------- v1 and v2
+class DeepLabV1(SegmentationModel):
+    def __init__(self, backbone: nn.Module, fc6: nn.Module, width: int, num_classes: int):
+        super().__init__(backbone)
+        self.fc6 = fc6  # the large-field-of-view atrous conv, rate 12
+        self.fc7 = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(True), nn.Dropout2d(0.5))
+        self.fc8 = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        x = self.backbone(x)[4]  # (N, C5, H/8, W/8)
+        x = self.fc8(self.fc7(self.fc6(x)))  # (N, num_classes, H/8, W/8)
+        return {"out": upsample_to(x, size)}
+
+
+class ASPPSum(nn.Module):
+    """DeepLab v2's ASPP: parallel atrous convs straight to class scores, summed."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates=(6, 12, 18, 24)):
+        super().__init__()
+        self.rates = tuple(rates)
+        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for b in self.branches:
+            nn.init.normal_(b.weight, std=0.01)
+            nn.init.zeros_(b.bias)
+
+    def forward(self, x):
+        return sum(branch(x) for branch in self.branches)
+
+
+class DeepLabV2(SegmentationModel):
+    def __init__(self, backbone: nn.Module, num_classes: int, rates=(6, 12, 18, 24)):
+        super().__init__(backbone)
+        self.aspp = ASPPSum(backbone.channels[4], num_classes, rates)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        x = self.aspp(self.backbone(x)[4])  # (N, num_classes, H/8, W/8)
+        return {"out": upsample_to(x, size)}
+
+
+def build_deeplabv1(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> DeepLabV1:
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=8)
+    if backbone == "vgg16":
+        width = 1024
+        fc6 = nn.Sequential(nn.Conv2d(512, width, 3, padding=12, dilation=12), nn.ReLU(True), nn.Dropout2d(0.5))
+    else:
+        width, cin = 256, net.channels[4]
+        fc6 = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=12, dilation=12, groups=cin, bias=False),
+                            nn.BatchNorm2d(cin), nn.ReLU(True), nn.Conv2d(cin, width, 1, bias=False),
+                            nn.BatchNorm2d(width), nn.ReLU(True))
+    return DeepLabV1(net, fc6, width, num_classes)
+
+
+def build_deeplabv2(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> DeepLabV2:
+    return DeepLabV2(build_backbone(backbone, weights=backbone_weights, output_stride=8), num_classes)
+
+
+# ----------------------------------------------------------------------------- v3
+class ASPPConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, rate: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class ASPPPooling(nn.Sequential):
+    """Image-level features: global average pool, 1x1 conv, broadcast back."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        for mod in self:
+            x = mod(x)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    def __init__(self, in_channels: int, rates, out_channels: int = 256):
+        super().__init__()
+        self.rates = tuple(rates)
+        branches = [nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())]
+        branches += [ASPPConv(in_channels, out_channels, r) for r in rates]
+        branches.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
+                                     nn.BatchNorm2d(out_channels), nn.ReLU(), nn.Dropout(0.5))
+
+    def forward(self, x):
+        return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
+
+
+class DeepLabHead(nn.Sequential):
+    def __init__(self, in_channels: int, num_classes: int, rates, width: int = 256):
+        super().__init__(ASPP(in_channels, rates, width), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, num_classes, 1))
+
+
+class FCNHead(nn.Sequential):
+    """The auxiliary head torchvision (and PSPNet) put on the stride-16 level."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        inter = max(in_channels // 4, 32)
+        super().__init__(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
+                         nn.Dropout(0.1), nn.Conv2d(inter, num_classes, 1))
+
+
+class DeepLabV3(SegmentationModel):
+    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 256, aux: bool = True):
+        super().__init__(backbone)
+        rates = [r * 16 // backbone.output_stride for r in (6, 12, 18)]  # 6/12/18 at OS 16, 12/24/36 at OS 8
+        self.classifier = DeepLabHead(backbone.channels[4], num_classes, rates, width)
+        self.aux_classifier = FCNHead(backbone.channels[3], num_classes) if aux else None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        result = {"out": upsample_to(self.classifier(feats[4]), size)}  # ASPP on (N, C5, H/OS, W/OS)
+        if self.aux_classifier is not None and self.training:
+            result["aux"] = upsample_to(self.aux_classifier(feats[3]), size)
+        return result
+
+
+def build_deeplabv3(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+                    output_stride: int | None = None, aux: bool = True) -> DeepLabV3:
+    compact = backbone == "efficientnet_lite0"
+    os_ = output_stride or (16 if compact else 8)
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=os_)
+    return DeepLabV3(net, num_classes, width=128 if compact else 256, aux=aux)
+
+
+_V1 = dict(paper="Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs", year=2014,
+           arxiv="1412.7062", voc12_miou=None)  # the review quotes 79.7 for v1 and v2 together
+_V2 = dict(paper="DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution, and "
+                 "Fully Connected CRFs", year=2016, arxiv="1606.00915", voc12_miou=79.7)
+_V3 = dict(paper="Rethinking Atrous Convolution for Semantic Image Segmentation", year=2017, arxiv="1706.05587",
+           voc12_miou=85.7)
+for _bb, _compact in (("vgg16", False), ("efficientnet_lite0", True)):
+    register(ModelSpec(
+        name=f"deeplabv1_{_bb}", arch="deeplabv1", title="DeepLab v1 (LargeFOV)", backbone=_bb, output_stride=8,
+        key_idea="Atrous convolution keeps resolution at stride 8 and fc6 at rate 12 sees a large field of view; "
+                 "a dense CRF sharpens the boundaries.",
+        builder=partial(build_deeplabv1, backbone=_bb), compact=_compact, **_V1))
+for _bb, _compact in (("resnet101", False), ("efficientnet_lite0", True)):
+    register(ModelSpec(
+        name=f"deeplabv2_{_bb}", arch="deeplabv2", title="DeepLab v2 (ASPP)", backbone=_bb, output_stride=8,
+        key_idea="Atrous spatial pyramid pooling: parallel atrous convs at rates 6/12/18/24 see objects at several scales.",
+        builder=partial(build_deeplabv2, backbone=_bb), compact=_compact, **_V2))
+for _bb, _compact, _os in (("resnet50", False, 8), ("resnet101", False, 8), ("efficientnet_lite0", True, 16)):
+    register(ModelSpec(
+        name=f"deeplabv3_{_bb}", arch="deeplabv3", title="DeepLab v3", backbone=_bb, output_stride=_os,
+        key_idea="ASPP with batch norm and image-level pooling for global context; output stride 8 or 16.",
+        builder=partial(build_deeplabv3, backbone=_bb), compact=_compact, aux=True, **_V3))

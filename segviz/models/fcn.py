@@ -1,0 +1,85 @@
+"""FCN: Fully Convolutional Networks for Semantic Segmentation (Long, Shelhamer & Darrell,
+CVPR 2015, https://arxiv.org/abs/1411.4038).
+
+Faithful: the classifier is convolutionalised (VGG16's fc6/fc7 become 7x7 and 1x1 convs,
+loadable from ImageNet weights), upsampling is a learned transposed convolution
+initialised to bilinear interpolation, and FCN-16s/8s add 1x1 score layers on pool4
+(stride 16) and pool3 (stride 8), zero-initialised, summed with the 2x-upsampled coarser
+scores, and cropped to size (the paper's crop layers).
+Deviations: no 100-pixel input padding (fc6 pads by 3 instead, so sizes line up without
+offsets), the three variants are trained from ImageNet directly rather than each
+fine-tuned from the coarser one. Compact: EfficientNet-Lite0, whose 1x1 "head" conv to
+1280 channels (the layer before its ImageNet classifier) plays fc6/fc7, with skips from the
+stride-16 (112 ch) and stride-8 (40 ch) levels.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..backbones import build_backbone
+from ..backbones.vgg import vgg16_classifier_as_conv
+from ..layers import SegmentationModel, crop_to, learned_upsampler
+from ..registry import ModelSpec, register
+
+
+class FCN(SegmentationModel):
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, classifier_channels: int, num_classes: int, skips: int):
+        super().__init__(backbone)
+        self.skips = skips  # 0: FCN-32s, 1: FCN-16s, 2: FCN-8s
+        self.classifier = classifier
+        self.score_fr = nn.Conv2d(classifier_channels, num_classes, 1)
+        if skips >= 1:
+            self.score_pool4 = nn.Conv2d(backbone.channels[3], num_classes, 1)
+            self.upscore2 = learned_upsampler(num_classes, 2)
+        if skips >= 2:
+            self.score_pool3 = nn.Conv2d(backbone.channels[2], num_classes, 1)
+            self.upscore_pool4 = learned_upsampler(num_classes, 2)
+        for name in ("score_pool4", "score_pool3"):
+            if hasattr(self, name):  # the paper zero-initialises the skip scores
+                nn.init.zeros_(getattr(self, name).weight)
+                nn.init.zeros_(getattr(self, name).bias)
+        self.upscore = learned_upsampler(num_classes, 32 // 2**skips)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        score = self.score_fr(self.classifier(feats[4]))  # (N, C, H/32, W/32)
+        if self.skips >= 1:
+            pool4 = self.score_pool4(feats[3])  # (N, C, H/16, W/16)
+            score = crop_to(self.upscore2(score), pool4.shape[-2:]) + pool4
+        if self.skips >= 2:
+            pool3 = self.score_pool3(feats[2])  # (N, C, H/8, W/8)
+            score = crop_to(self.upscore_pool4(score), pool3.shape[-2:]) + pool3
+        return {"out": crop_to(self.upscore(score), size)}  # (N, C, H, W)
+
+
+def build_fcn(*, variant: str, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> FCN:
+    skips = {"32s": 0, "16s": 1, "8s": 2}[variant]
+    if backbone == "vgg16":
+        net = build_backbone("vgg16", weights=backbone_weights)
+        fc6, fc7 = nn.Conv2d(512, 4096, 7, padding=3), nn.Conv2d(4096, 4096, 1)
+        vgg16_classifier_as_conv(backbone_weights, fc6, fc7)
+        classifier = nn.Sequential(fc6, nn.ReLU(True), nn.Dropout2d(0.5), fc7, nn.ReLU(True), nn.Dropout2d(0.5))
+        width = 4096
+    else:
+        net = build_backbone(backbone, weights=backbone_weights, with_head=True)
+        classifier, width = nn.Sequential(net.head, nn.Dropout2d(0.1)), 1280
+        net.head = None  # now owned by the classifier
+    return FCN(net, classifier, width, num_classes, skips)
+
+
+_PAPER = dict(paper="Fully Convolutional Networks for Semantic Segmentation", year=2015, arxiv="1411.4038", voc12_miou=62.2)
+_IDEAS = {
+    "32s": "Convolutionalise a classifier and upsample its stride-32 scores with one learned deconvolution.",
+    "16s": "FCN-32s plus a skip: scores from pool4 (stride 16) are added before upsampling.",
+    "8s": "FCN-16s plus a second skip from pool3 (stride 8): finer detail from shallower layers.",
+}
+for _variant in ("32s", "16s", "8s"):
+    for _bb, _compact in (("vgg16", False), ("efficientnet_lite0", True)):
+        register(ModelSpec(
+            name=f"fcn{_variant}_{_bb}", arch=f"fcn{_variant}", title=f"FCN-{_variant}", backbone=_bb,
+            output_stride=32 // 2 ** {"32s": 0, "16s": 1, "8s": 2}[_variant], key_idea=_IDEAS[_variant],
+            builder=partial(build_fcn, variant=_variant, backbone=_bb), compact=_compact, **_PAPER))

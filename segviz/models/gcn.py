@@ -1,0 +1,82 @@
+"""Large Kernel Matters -- Improve Semantic Segmentation by Global Convolutional Network
+(Peng, Zhang, Yu, Luo & Sun, CVPR 2017, https://arxiv.org/abs/1703.02719).
+
+Faithful: on each backbone level (strides 4..32) a global convolutional network (GCN)
+module with k = 15: the sum of a (k x 1 then 1 x k) branch and a (1 x k then k x 1)
+branch, no nonlinearity, straight to class scores; a boundary-refinement (BR) residual
+block (x + conv3x3(ReLU(conv3x3(x)))) after each; coarse scores are upsampled by learned
+deconvolutions, added to the finer level and refined again; two final deconv + BR steps
+bring the scores to full resolution (paper, Figure 2). No dilation anywhere.
+Deviations: the paper's backbone is ResNet-152; ResNet-101 here. Compact: EfficientNet-Lite0.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..backbones import build_backbone
+from ..layers import SegmentationModel, crop_to, learned_upsampler
+from ..registry import ModelSpec, register
+
+
+class GlobalConv(nn.Module):
+    """A k x k receptive field for O(k) parameters: (k x 1 + 1 x k) + (1 x k + k x 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, k: int = 15):
+        super().__init__()
+        p = k // 2
+        self.left = nn.Sequential(nn.Conv2d(in_channels, out_channels, (k, 1), padding=(p, 0)),
+                                  nn.Conv2d(out_channels, out_channels, (1, k), padding=(0, p)))
+        self.right = nn.Sequential(nn.Conv2d(in_channels, out_channels, (1, k), padding=(0, p)),
+                                   nn.Conv2d(out_channels, out_channels, (k, 1), padding=(p, 0)))
+
+    def forward(self, x):
+        return self.left(x) + self.right(x)
+
+
+class BoundaryRefinement(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.residual = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.residual(x)
+
+
+class GCN(SegmentationModel):
+    def __init__(self, backbone: nn.Module, num_classes: int, k: int = 15):
+        super().__init__(backbone)
+        c = backbone.channels
+        self.gcn = nn.ModuleList(GlobalConv(c[i], num_classes, k) for i in (1, 2, 3, 4))  # strides 4, 8, 16, 32
+        self.br_in = nn.ModuleList(BoundaryRefinement(num_classes) for _ in range(4))
+        self.br_fused = nn.ModuleList(BoundaryRefinement(num_classes) for _ in range(3))
+        self.up = nn.ModuleList(learned_upsampler(num_classes, 2) for _ in range(5))
+        self.br_final = nn.ModuleList(BoundaryRefinement(num_classes) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)[1:]  # strides 4, 8, 16, 32
+        scores = [br(gcn(f)) for gcn, br, f in zip(self.gcn, self.br_in, feats)]
+        y = scores[3]  # (N, C, H/32, W/32)
+        for i in (2, 1, 0):  # stride 16, 8, 4
+            y = self.br_fused[i](crop_to(self.up[i](y), scores[i].shape[-2:]) + scores[i])
+        y = self.br_final[0](self.up[3](y))  # (N, C, H/2, W/2)
+        y = self.br_final[1](self.up[4](y))  # (N, C, H, W) or a little larger
+        return {"out": crop_to(y, size)}
+
+
+def build_gcn(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, k: int = 15) -> GCN:
+    return GCN(build_backbone(backbone, weights=backbone_weights), num_classes, k)
+
+
+for _bb, _compact in (("resnet101", False), ("efficientnet_lite0", True)):
+    register(ModelSpec(
+        name=f"gcn_{_bb}", arch="gcn", title="Large Kernel Matters (GCN)", backbone=_bb, output_stride=4,
+        paper="Large Kernel Matters -- Improve Semantic Segmentation by Global Convolutional Network", year=2017,
+        arxiv="1703.02719", voc12_miou=82.2,
+        key_idea="Large separable kernels (k x 1 + 1 x k) make classification robust, and a residual boundary "
+                 "refinement block sharpens localisation.",
+        builder=partial(build_gcn, backbone=_bb), compact=_compact))

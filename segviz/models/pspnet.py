@@ -1,0 +1,68 @@
+"""PSPNet: Pyramid Scene Parsing Network (Zhao, Shi, Qi, Wang & Jia, CVPR 2017,
+https://arxiv.org/abs/1612.01105).
+
+Faithful: dilated ResNet (output stride 8), the pyramid pooling module (average pools to
+1x1, 2x2, 3x3 and 6x6 bins, a 1x1 conv to C/4 channels each with BN, bilinear upsampling,
+concatenated with the input), a 3x3 conv, and the auxiliary loss head on res4 (the paper
+weights it 0.4; segviz.train does the same).
+Compact: EfficientNet-Lite0 at output stride 16 (8 would triple the backbone's cost on a
+CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits on the
+stride-16 level.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import build_backbone
+from ..layers import SegmentationModel, conv_bn_relu, upsample_to
+from .deeplab import FCNHead
+from ..registry import ModelSpec, register
+
+
+class PyramidPooling(nn.Module):
+    def __init__(self, in_channels: int, bins=(1, 2, 3, 6)):
+        super().__init__()
+        self.bins = tuple(bins)
+        inter = in_channels // len(bins)
+        self.stages = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(in_channels, inter, 1)) for b in bins)
+        self.out_channels = in_channels + inter * len(bins)
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        return torch.cat([x] + [F.interpolate(s(x), size, mode="bilinear", align_corners=False) for s in self.stages], 1)
+
+
+class PSPNet(SegmentationModel):
+    def __init__(self, backbone: nn.Module, num_classes: int, width: int, aux: bool = True):
+        super().__init__(backbone)
+        self.ppm = PyramidPooling(backbone.channels[4])
+        self.head = nn.Sequential(conv_bn_relu(self.ppm.out_channels, width, 3), nn.Dropout2d(0.1),
+                                  nn.Conv2d(width, num_classes, 1))
+        self.aux_classifier = FCNHead(backbone.channels[3], num_classes) if aux else None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        out = self.head(self.ppm(feats[4]))  # (N, C5 + 4 * C5/4 -> classes, H/OS, W/OS)
+        result = {"out": upsample_to(out, size)}
+        if self.aux_classifier is not None and self.training:
+            result["aux"] = upsample_to(self.aux_classifier(feats[3]), size)
+        return result
+
+
+def build_pspnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, aux: bool = True) -> PSPNet:
+    compact = backbone == "efficientnet_lite0"
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=16 if compact else 8)
+    return PSPNet(net, num_classes, width=128 if compact else 512, aux=aux)
+
+
+for _bb, _compact, _os in (("resnet50", False, 8), ("efficientnet_lite0", True, 16)):
+    register(ModelSpec(
+        name=f"pspnet_{_bb}", arch="pspnet", title="PSPNet", backbone=_bb, output_stride=_os,
+        paper="Pyramid Scene Parsing Network", year=2016, arxiv="1612.01105", voc12_miou=85.4,
+        key_idea="A pyramid pooling module pools the last feature map into 1, 2, 3 and 6 bins for global scene context.",
+        builder=partial(build_pspnet, backbone=_bb), compact=_compact, aux=True))

@@ -1,0 +1,96 @@
+"""U-Net: Convolutional Networks for Biomedical Image Segmentation (Ronneberger, Fischer &
+Brox, MICCAI 2015, https://arxiv.org/abs/1505.04597): the encoder-decoder example.
+
+Faithful (``unet_vanilla``): the paper's own contracting path (two 3x3 convs + ReLU per
+level, 64 to 1024 channels, 2x2 max-pools) and expansive path (2x2 up-convolution halving
+the channels, concatenation with the cropped encoder map, two 3x3 convs), 1x1 classifier.
+Deviation: the convs are padded, so the output has the input's size and no cropping is
+needed (the paper uses unpadded convs and overlap-tile inference).
+Compact: the EfficientNet-Lite0 levels (strides 2..32) are the contracting path; each
+decoder level is a 2x2 up-convolution, concatenation, and two 3x3 conv-BN-ReLU; the
+decoder stops at stride 2 and the scores are upsampled bilinearly.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..backbones import build_backbone
+from ..layers import SegmentationModel, conv_bn_relu, crop_to, upsample_to
+from ..registry import ModelSpec, register
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, batch_norm: bool):
+        if batch_norm:
+            super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
+        else:
+            super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(True), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(True))
+
+
+class UpBlock(nn.Module):
+    def __init__(self, cin: int, skip: int, cout: int, batch_norm: bool):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)  # the paper's "up-convolution"
+        self.conv = DoubleConv(cout + skip, cout, batch_norm)
+
+    def forward(self, x, skip):
+        x = self.up(x)
+        x = nn.functional.pad(x, (0, max(0, skip.shape[-1] - x.shape[-1]), 0, max(0, skip.shape[-2] - x.shape[-2])))
+        return self.conv(torch.cat([skip, crop_to(x, skip.shape[-2:])], 1))
+
+
+class UNetEncoder(nn.Module):
+    """The paper's contracting path; levels at strides 1, 2, 4, 8, 16."""
+
+    channels = (64, 128, 256, 512, 1024)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    output_stride = 16
+
+    def __init__(self):
+        super().__init__()
+        c = self.channels
+        self.levels = nn.ModuleList([DoubleConv(3, c[0], False)] + [DoubleConv(c[i - 1], c[i], False) for i in range(1, 5)])
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+
+    def forward(self, x):
+        feats = []
+        for i, level in enumerate(self.levels):
+            x = level(x if i == 0 else self.pool(x))
+            feats.append(x)
+        return feats
+
+
+class UNet(SegmentationModel):
+    def __init__(self, encoder: nn.Module, num_classes: int, batch_norm: bool):
+        super().__init__(encoder)
+        c = encoder.channels
+        self.up = nn.ModuleList(UpBlock(c[i + 1], c[i], c[i], batch_norm) for i in (3, 2, 1, 0))
+        self.classifier = nn.Conv2d(c[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        y = feats[4]  # the bottom of the U
+        for up, skip in zip(self.up, reversed(feats[:4])):
+            y = up(y, skip)  # up 2x, concatenate the encoder map, two 3x3 convs
+        return {"out": upsample_to(self.classifier(y), size)}  # a no-op resize for the vanilla U-Net
+
+
+def build_unet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> UNet:
+    if backbone == "vanilla":
+        if backbone_weights is not None:
+            raise ValueError("unet_vanilla has no pretrained encoder; use backbone_weights=None")
+        return UNet(UNetEncoder(), num_classes, batch_norm=False)
+    return UNet(build_backbone(backbone, weights=backbone_weights), num_classes, batch_norm=True)
+
+
+for _bb, _compact, _os in (("vanilla", False, 16), ("efficientnet_lite0", True, 32)):
+    register(ModelSpec(
+        name=f"unet_{_bb}", arch="unet", title="U-Net", backbone=_bb, output_stride=_os,
+        paper="U-Net: Convolutional Networks for Biomedical Image Segmentation", year=2015, arxiv="1505.04597",
+        voc12_miou=None,
+        key_idea="A symmetric encoder-decoder: every decoder level concatenates the encoder map of the same size.",
+        builder=partial(build_unet, backbone=_bb), compact=_compact))

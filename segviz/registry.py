@@ -1,0 +1,81 @@
+"""One registry of every trained or trainable configuration, keyed ``<arch>_<backbone>``."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # registry key, <arch>_<backbone>
+    arch: str  # fcn8s, segnet, deeplabv3, ...
+    title: str  # what the UI shows
+    paper: str
+    year: int
+    arxiv: str
+    voc12_miou: float | None  # PASCAL VOC 2012 test mIoU as the 2017 review quotes it
+    backbone: str
+    output_stride: int
+    key_idea: str
+    builder: Callable[..., nn.Module] = field(repr=False, compare=False)
+    compact: bool = False  # the EfficientNet-Lite0 configurations we train and bundle
+    aux: bool = False  # returns an auxiliary head's logits as "aux" in train mode
+
+    @property
+    def arxiv_url(self) -> str:
+        return f"https://arxiv.org/abs/{self.arxiv}"
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+# The order in which the 2017 review tells the story (U-Net last, as the encoder-decoder example).
+ARCH_ORDER = ("fcn32s", "fcn16s", "fcn8s", "segnet", "dilation8", "deeplabv1", "deeplabv2", "refinenet", "pspnet",
+              "gcn", "deeplabv3", "unet")
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it one plain line
+        return self.args[0]
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_models() -> None:
+    from . import models  # noqa: F401  (registers every paper's configurations)
+
+
+def list_models(*, compact: bool | None = None) -> list[ModelSpec]:
+    _load_models()
+    specs = [s for s in _REGISTRY.values() if compact is None or s.compact == compact]
+    return sorted(specs, key=lambda s: (ARCH_ORDER.index(s.arch), s.compact))
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_models()
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; keyword arguments go to its builder (``num_classes``, ``backbone_weights``...)."""
+    spec = get_spec(name)
+    params = inspect.signature(spec.builder).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{name} got unknown argument(s) {', '.join(unknown)}; it accepts: {', '.join(params)}")
+    n = kwargs.get("num_classes", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {n!r}")
+    return spec.builder(**kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,134 @@
+"""Every registered model: builds, runs at input size, trains; paper-faithful sizes match references."""
+import pytest
+import torch
+import torchvision
+
+from segviz import registry
+from segviz.registry import build, count_params, get_spec, list_models
+
+NAMES = [s.name for s in list_models()]
+
+
+@pytest.fixture(scope="module")
+def built():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache.clear()  # keep one big model in memory at a time
+            torch.manual_seed(0)
+            cache[name] = build(name, num_classes=5)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_at_input_size(built, name):
+    model = built(name).eval()
+    with torch.no_grad():
+        for shape in [(1, 3, 64, 64), (1, 3, 67, 93)]:
+            out = model(torch.randn(*shape))
+            assert out["out"].shape == (1, 5, *shape[-2:]), name
+            assert torch.isfinite(out["out"]).all(), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_gradient(built, name):
+    model = built(name).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    spec = get_spec(name)
+    assert ("aux" in out) == spec.aux, "only models whose paper has an auxiliary head return 'aux'"
+    loss = sum(v.float().pow(2).mean() for v in out.values())
+    model.zero_grad()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"{name}: no gradient for {missing[:5]}"
+
+
+def test_every_architecture_has_a_compact_and_a_faithful_configuration():
+    archs = {s.arch for s in list_models()}
+    assert archs == {"fcn32s", "fcn16s", "fcn8s", "segnet", "dilation8", "deeplabv1", "deeplabv2", "refinenet",
+                     "pspnet", "gcn", "deeplabv3", "unet"}
+    for arch in archs:
+        specs = [s for s in list_models() if s.arch == arch]
+        assert any(s.compact and s.backbone == "efficientnet_lite0" for s in specs), arch
+        assert any(not s.compact for s in specs), arch
+
+
+def test_review_scores_are_the_quoted_ones():
+    quoted = {"fcn8s_vgg16": 62.2, "segnet_vgg16": 59.9, "dilation8_vgg16": 75.3, "deeplabv2_resnet101": 79.7,
+              "refinenet_resnet101": 84.2, "pspnet_resnet50": 85.4, "gcn_resnet101": 82.2, "deeplabv3_resnet50": 85.7}
+    for name, miou in quoted.items():
+        assert get_spec(name).voc12_miou == miou
+
+
+# --- parameter counts against numbers no one here wrote -------------------------------------
+
+def test_vgg16_backbone_plus_classifier_matches_torchvision_metadata():
+    from segviz.models.fcn import build_fcn
+
+    fcn = build_fcn(variant="32s", backbone="vgg16", num_classes=21)
+    fc8 = 4096 * 1000 + 1000  # score_fr with ImageNet's 1000 classes is VGG16's fc8
+    convolutionalised = count_params(fcn.backbone) + count_params(fcn.classifier) + fc8
+    assert convolutionalised == torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["num_params"]  # 138,357,544
+
+
+def test_resnet_backbones_match_torchvision_metadata():
+    for name, weights in (("resnet50", torchvision.models.ResNet50_Weights), ("resnet101", torchvision.models.ResNet101_Weights)):
+        from segviz.backbones import build_backbone
+
+        fc = 2048 * 1000 + 1000
+        assert count_params(build_backbone(name)) + fc == weights.IMAGENET1K_V1.meta["num_params"]
+
+
+@pytest.mark.parametrize("name, published, source", [
+    ("fcn8s_vgg16", 134e6, "Long et al. 2015, Table 1: FCN-VGG16 134M parameters"),
+    ("segnet_vgg16", 29.5e6, "Badrinarayanan et al. 2017, Table 6: SegNet 29.5M parameters"),
+    ("unet_vanilla", 31.04e6, "milesial/Pytorch-UNet: the paper's U-Net, 31.04M parameters"),
+    ("deeplabv3_resnet50", 42_004_074, "torchvision DeepLabV3_ResNet50_Weights meta num_params"),
+])
+def test_paper_faithful_parameter_counts(name, published, source):
+    n = count_params(build(name, num_classes=21 if "unet" not in name else 2))
+    assert abs(n - published) / published < 0.02, f"{name}: {n} vs {published} ({source})"
+
+
+def test_torchvision_metadata_agrees_with_the_deeplabv3_reference():
+    assert torchvision.models.segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["num_params"] == 42_004_074
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(registry.UnknownModelError) as e:
+        build("fcn9s_vgg16")
+    msg = str(e.value)
+    assert "\n" not in msg and "fcn9s_vgg16" in msg and "fcn8s_vgg16" in msg and "deeplabv3_efficientnet_lite0" in msg
+
+
+def test_bad_builder_arguments_are_one_line_errors():
+    with pytest.raises(TypeError) as e:
+        build("fcn8s_efficientnet_lite0", num_clases=3)
+    assert "num_clases" in str(e.value) and "num_classes" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="num_classes"):
+        build("fcn8s_efficientnet_lite0", num_classes=0)
+    with pytest.raises(ValueError, match="output_stride"):
+        build("deeplabv3_efficientnet_lite0", output_stride=12)
+    with pytest.raises(ValueError, match="imagenet"):
+        build("segnet_efficientnet_lite0", backbone_weights="coco")
+
+
+def test_duplicate_registration_is_refused():
+    spec = get_spec("fcn8s_vgg16")
+    with pytest.raises(ValueError, match="twice"):
+        registry.register(spec)
+
+
+def test_output_stride_is_real():
+    """The spec's output stride is the stride of the finest prediction the head makes."""
+    from segviz.backbones import build_backbone
+
+    for os_ in (8, 16, 32):
+        for name in ("efficientnet_lite0", "vgg16", "resnet50"):
+            feats = build_backbone(name, output_stride=os_).eval()(torch.zeros(1, 3, 64, 64))
+            assert feats[-1].shape[-1] == 64 // os_, (name, os_)
