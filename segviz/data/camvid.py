@@ -1,0 +1,79 @@
+"""CamVid in the SegNet layout: ``<split>/``, ``<split>annot/`` and ``<split>.txt``.
+
+Labels 0-10 are the classes of :data:`segviz.data.palettes.CAMVID`; 11 (Unlabelled) is ignored.
+Any folder in that layout works, so users can evaluate on their own split.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .palettes import CAMVID
+
+SHARED_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "camvid"
+
+
+def default_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$SEGVIZ_DATA``, else ``../shared/datasets/camvid`` beside the project."""
+    for candidate in (root, os.environ.get("SEGVIZ_DATA"), SHARED_ROOT):
+        if candidate:
+            path = Path(candidate)
+            if (path / "train.txt").exists() or (path / "val.txt").exists():
+                return path
+            if candidate is not SHARED_ROOT:
+                raise FileNotFoundError(f"{path} is not a CamVid folder (no train.txt/val.txt); "
+                                        f"get one with: python -m segviz data camvid --dest {path}")
+    raise FileNotFoundError("no CamVid data found: pass --data DIR, set SEGVIZ_DATA, or run "
+                            "python -m segviz data camvid --dest DIR")
+
+
+def read_split(root: Path, split: str) -> list[tuple[Path, Path]]:
+    listing = root / f"{split}.txt"
+    if not listing.exists():
+        raise FileNotFoundError(f"{listing} is missing: {root} has no split {split!r}")
+    pairs = []
+    for line in listing.read_text().split("\n"):
+        if line.strip():
+            image, label = line.split()
+            # The SegNet release lists absolute paths like /SegNet/CamVid/train/x.png: keep the last two parts.
+            pairs.append((root / Path(image).parent.name / Path(image).name, root / Path(label).parent.name / Path(label).name))
+    return pairs
+
+
+class CamVid:
+    """Images (H, W, 3) uint8 and labels (H, W) uint8, loaded once into memory."""
+
+    labels = CAMVID
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None):
+        self.root = default_root(root)
+        self.split = split
+        self.pairs = read_split(self.root, split)[:limit]
+        self.images = [np.asarray(Image.open(i).convert("RGB")) for i, _ in self.pairs]
+        self.targets = [np.asarray(Image.open(t)) for _, t in self.pairs]
+        for (i, _), img, tgt in zip(self.pairs, self.images, self.targets):
+            if img.shape[:2] != tgt.shape[:2]:
+                raise ValueError(f"{i.name}: image {img.shape[:2]} and label {tgt.shape[:2]} differ in size")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[i], self.targets[i]
+
+    def class_frequencies(self) -> np.ndarray:
+        """Median-frequency statistics as SegNet computes them: freq(c) over images containing c."""
+        n = self.labels.num_classes
+        pixels, present = np.zeros(n), np.zeros(n)
+        for t in self.targets:
+            counts = np.bincount(t.ravel(), minlength=256)[:n]
+            pixels += counts
+            present += (counts > 0) * t.size
+        return pixels / np.maximum(present, 1)
+
+    def median_frequency_weights(self) -> np.ndarray:
+        freq = self.class_frequencies()
+        return np.median(freq) / np.maximum(freq, 1e-12)
