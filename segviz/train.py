@@ -52,8 +52,8 @@ def seed_everything(seed: int) -> None:
 
 def augment(image: np.ndarray, label: np.ndarray, recipe: Recipe, rng: np.random.Generator, ignore: int):
     """Random scale, random crop (padded with the ignore label) and flip; returns tensors."""
-    img = torch.from_numpy(image).permute(2, 0, 1).float()[None]
-    lab = torch.from_numpy(label.astype(np.int64))[None, None].float()
+    img = torch.from_numpy(image.copy()).permute(2, 0, 1).float()[None]
+    lab = torch.from_numpy(label.astype(np.float32))[None, None]
     s = rng.uniform(*recipe.scale)
     h, w = max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s))
     img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
@@ -82,11 +82,18 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "runs", resume: bool = False,
-          device: str | None = None, max_steps: int | None = None, progress: bool = True) -> dict:
-    """Train ``recipe.model``; returns the best validation scores (rank 0) or {}.
+@dataclass
+class TrainResult:
+    best: dict  # best validation scores (empty on ranks other than 0)
+    model: torch.nn.Module  # the model after the last step
 
-    ``max_steps`` stops early (tests and smoke runs)."""
+
+def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "runs", resume: bool = False,
+          device: str | None = None, max_steps: int | None = None, limit: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train ``recipe.model`` on CamVid train, selecting on val.
+
+    ``max_steps`` stops early and ``limit`` uses only the first images of each split (smoke runs, tests)."""
     rank, world = _dist_info()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if world > 1:
@@ -98,8 +105,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed)
 
-    train_set = CamVid(data, "train")
-    val_set = CamVid(data, "val") if rank == 0 else None
+    train_set = CamVid(data, "train", limit=limit)
+    val_set = CamVid(data, "val", limit=limit) if rank == 0 else None
     labels = train_set.labels
     spec = registry.get_spec(recipe.model)
     model = registry.build(recipe.model, num_classes=labels.num_classes, backbone_weights="imagenet")
@@ -154,6 +161,9 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
             step += 1
             if max_steps is not None and step >= max_steps:
                 break
+        if world > 1:  # BN running statistics are per rank: take rank 0's, as DDP does at each forward
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_seconds": round(time.time() - t0, 1)}
         last = epoch + 1 == recipe.epochs or (max_steps is not None and step >= max_steps)
         if rank == 0:
@@ -174,4 +184,4 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
             break
     if world > 1:
         dist.destroy_process_group()
-    return best if rank == 0 else {}
+    return TrainResult(best if rank == 0 else {}, model)

