@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     from .train import Recipe, train
 
     recipe = Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
-                    eval_every=args.eval_every)
+                    eval_every=args.eval_every, class_weights=args.class_weights, scale=tuple(args.scale))
     best = train(recipe, data=args.data, out=args.out, resume=args.resume, device=args.device,
                  max_steps=args.max_steps).best
     if best:
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--eval-every", type=int, default=2)
+    t.add_argument("--class-weights", default="median_frequency",
+                   choices=["median_frequency", "sqrt_median_frequency", "none"])
+    t.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="random rescale range of the frames")
     t.add_argument("--out", default="runs")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--device", default=None)

@@ -10,7 +10,7 @@ from .metrics import confusion_matrix, scores
 
 def to_tensor(image: np.ndarray, device="cpu") -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255)
+    return torch.from_numpy(np.array(image, copy=True)).to(device).permute(2, 0, 1)[None].float().div_(255)
 
 
 @torch.inference_mode()

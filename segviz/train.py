@@ -39,7 +39,7 @@ class Recipe:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     aux_weight: float = 0.4
-    class_weights: str = "median_frequency"
+    class_weights: str = "median_frequency"  # or "sqrt_median_frequency" or "none"
     seed: int = 0
     eval_every: int = 2
 
@@ -112,8 +112,10 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     model = registry.build(recipe.model, num_classes=labels.num_classes, backbone_weights="imagenet")
     model = model.to(device, memory_format=torch.channels_last)
     weights = None
-    if recipe.class_weights == "median_frequency":
-        weights = torch.tensor(train_set.median_frequency_weights(), dtype=torch.float32, device=device)
+    if recipe.class_weights != "none":
+        w = train_set.median_frequency_weights()
+        weights = torch.tensor(np.sqrt(w) if recipe.class_weights.startswith("sqrt") else w, dtype=torch.float32,
+                               device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / (recipe.batch_size * world))
     total = steps_per_epoch * recipe.epochs

@@ -1,0 +1,40 @@
+"""The Gradio app: one module per tab. Importing segviz never imports gradio; build() does."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def device_line() -> str:
+    if torch.cuda.is_available():
+        return f"Models run on **CUDA** ({torch.cuda.get_device_name(0)})."
+    return f"Models run on the **CPU** ({torch.get_num_threads()} threads); a CUDA GPU is used when present."
+
+
+@contextlib.contextmanager
+def user_error():
+    """Turn our one-line input errors into a UI message instead of a stack trace."""
+    import gradio as gr
+
+    from ..preprocess import InputError
+    from ..weights import WeightsError
+
+    try:
+        yield
+    except (InputError, WeightsError, ValueError, FileNotFoundError, KeyError) as e:
+        raise gr.Error(str(e).strip("'\""), print_exception=False) from None
+
+
+def build():
+    import gradio as gr
+
+    from . import compare, models
+
+    with gr.Blocks(title="segviz: semantic segmentation, side by side", analytics_enabled=False) as demo:
+        gr.Markdown("# segviz\nThe classic semantic-segmentation architectures, side by side. " + device_line(),
+                    elem_id="header")
+        with gr.Tabs():
+            compare.build_tab(gr, user_error)
+            models.build_tab(gr)
+    return demo

@@ -1,0 +1,153 @@
+"""Compare tab: every selected architecture on one image, side by side.
+
+The handlers are plain functions (file paths / numpy in, numpy / figures / text out); only
+``build_tab`` touches gradio.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import viz
+from ..compare import Comparison, compare, comparison_card, get_model_set, metrics_table, overlays
+from ..preprocess import prepare_image, prepare_mask
+
+
+@dataclass
+class CompareView:
+    comparison: Comparison
+    notes: list[str]
+    alpha: float
+
+
+def example_images(limit: int = 6) -> list[str]:
+    """CamVid val frames from the shared data folder, when present."""
+    from ..data.camvid import default_root, read_split
+
+    try:
+        pairs = read_split(default_root(), "val")
+    except FileNotFoundError:
+        return []
+    step = max(1, len(pairs) // limit)
+    return [str(img) for img, _ in pairs[::step][:limit]]
+
+
+def model_choices(model_set: str) -> tuple[list[str], str]:
+    """The architectures that can run, and a line naming those that cannot (and why)."""
+    models = get_model_set(model_set).models()
+    ready = [n for n, why in models if why is None]
+    waiting = [f"{n} ({why})" for n, why in models if why is not None]
+    return ready, ("Not available: " + ", ".join(waiting)) if waiting else ""
+
+
+def run_compare(image, model_set: str, names: list[str], alpha: float, gt=None, progress=None) -> dict:
+    """Everything the Compare tab shows for one click of Run."""
+    prepared = prepare_image(image)
+    notes = list(prepared.notes)
+    labelset = get_model_set(model_set).labelset
+    mask = None
+    if gt is not None:
+        mask = prepare_mask(gt, prepared.image.shape[:2], labelset.num_classes, labelset.ignore_index,
+                            prepared.original_size)
+    if not names:
+        raise ValueError("select at least one architecture")
+    c = compare(prepared.image, list(names), model_set, mask, progress)
+    maps = [p.labels for p in c.predictions]
+    present = set(np.unique(np.stack(maps)).tolist())
+    result = {
+        "view": CompareView(c, notes, alpha),
+        "overlays": overlays(c, alpha),
+        "legend": viz.legend_html(labelset, present),
+        "disagreement": viz.disagreement_image(maps),
+        "agreement": viz.agreement_figure(viz.agreement_matrix(maps), c.names),
+        "shares": viz.class_share_figure(viz.class_shares(maps, labelset.num_classes), c.names, labelset),
+        "errors": [(viz.error_map(p.labels, mask, labelset.ignore_index), p.name) for p in c.predictions]
+        if mask is not None else [],
+        "metrics": metrics_table(c) if mask is not None else (["model"], []),
+        "notes": notes,
+    }
+    return result
+
+
+def restyle(view: CompareView | None, alpha: float) -> list:
+    if view is None:
+        return []
+    view.alpha = alpha
+    return overlays(view.comparison, alpha)
+
+
+def export_card(view: CompareView | None) -> str:
+    """Write the comparison card zip and return its path."""
+    if view is None:
+        raise ValueError("run a comparison first")
+    data = comparison_card(view.comparison, view.alpha, {"notes": view.notes})
+    fd, path = tempfile.mkstemp(prefix="segviz-card-", suffix=".zip")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+# ----------------------------------------------------------------------------- layout
+def build_tab(gr, user_error):
+    """The Compare tab's widgets and events. ``user_error`` turns bad input into a UI message."""
+    ready, waiting = model_choices("camvid")
+    with gr.Tab("Compare", id="compare"):
+        view = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                 elem_id="input-image")
+                examples = example_images()
+                if examples:
+                    gr.Examples(examples, inputs=image, label="CamVid val frames")
+                model_set = gr.Radio(["camvid"], value="camvid", label="Model set", elem_id="model-set")
+                names = gr.CheckboxGroup(ready, value=ready, label="Architectures", elem_id="architectures")
+                unavailable = gr.Markdown(waiting)
+                alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
+                gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel)", file_types=[".png"],
+                             type="filepath")
+                run = gr.Button("Run all", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                notes = gr.Markdown(elem_id="notes")
+                gallery = gr.Gallery(label="Predictions", columns=3, height="auto", object_fit="contain", format="png",
+                                     elem_id="overlays")
+                legend = gr.HTML(elem_id="legend")
+                with gr.Tab("Disagreement"):
+                    with gr.Row():
+                        disagreement = gr.Image(label="Models disagreeing with the majority (dark = all agree)",
+                                                elem_id="disagreement")
+                        agreement = gr.Plot(label="Pairwise agreement")
+                with gr.Tab("Class shares"):
+                    shares = gr.Plot(label="Pixel share per class")
+                with gr.Tab("Ground truth"):
+                    errors = gr.Gallery(label="Errors: green right, red wrong, grey ignored", columns=3, height="auto", format="png")
+                    metrics = gr.Dataframe(label="Per-image scores (%)", interactive=False)
+                with gr.Row():
+                    export = gr.Button("Export comparison card")
+                    card = gr.File(label="Comparison card (.zip)")
+
+        def on_run(image, model_set, names, alpha, gt, progress=gr.Progress()):
+            with user_error():
+                r = run_compare(image, model_set, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg))
+            header, rows = r["metrics"]
+            note = " · ".join(r["notes"])
+            return (r["view"], r["overlays"], r["legend"], note, r["disagreement"], r["agreement"], r["shares"],
+                    r["errors"], gr.Dataframe(value=rows, headers=header))
+
+        def on_model_set(model_set):
+            ready, waiting = model_choices(model_set)
+            return gr.CheckboxGroup(choices=ready, value=ready), waiting
+
+        def on_export(view):
+            with user_error():
+                return export_card(view)
+
+        run.click(on_run, [image, model_set, names, alpha, gt],
+                  [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics],
+                  api_name="compare", concurrency_limit=1)
+        alpha.release(restyle, [view, alpha], gallery, api_name="restyle")
+        model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
+        export.click(on_export, view, card, api_name="export_card")

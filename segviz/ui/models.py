@@ -1,0 +1,39 @@
+"""Models tab: every architecture with its paper, the review's VOC score and what we measured."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import registry
+from ..weights import read_manifest
+
+BENCH_FILE = Path(__file__).resolve().parents[2] / "assets" / "bench.json"
+
+HEADERS = ["model", "paper", "year", "arXiv", "key idea", "VOC12 test mIoU (review)", "params (M)",
+           "CamVid val mIoU (ours)", "latency 360x480 CPU (ms)"]
+
+
+def model_rows() -> list[list]:
+    manifest = read_manifest()
+    latency = {}
+    if BENCH_FILE.exists():
+        latency = {r["name"]: r["ms"] for r in json.loads(BENCH_FILE.read_text())["models"]}
+    rows = []
+    for s in registry.list_models(compact=True):
+        entry = manifest.get(s.name, {})
+        rows.append([s.name, s.paper, s.year, f"[{s.arxiv}]({s.arxiv_url})", s.key_idea,
+                     s.voc12_miou if s.voc12_miou is not None else "",
+                     round(entry["num_params"] / 1e6, 2) if entry else "",
+                     entry.get("val_miou", "not trained yet"), latency.get(s.name, "")])
+    return rows
+
+
+def build_tab(gr):
+    with gr.Tab("Models", id="models"):
+        gr.Markdown("The compact (EfficientNet-Lite0) configuration of each architecture, trained on CamVid here. "
+                    "VOC12 scores are the PASCAL VOC 2012 test mIoU the 2017 review quotes for the papers' own models; "
+                    "latency comes from `python -m segviz bench` (assets/bench.json).")
+        table = gr.Dataframe(value=model_rows(), headers=HEADERS, datatype=["str", "str", "number", "markdown", "str",
+                                                                           "number", "number", "str", "str"],
+                             interactive=False, wrap=True, elem_id="models-table")
+        return table

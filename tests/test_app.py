@@ -1,0 +1,155 @@
+"""The app: handlers on real images, the HTTP API through gradio_client, and a real browser."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segviz.data.palettes import CAMVID
+from segviz.preprocess import InputError
+from segviz.ui.compare import export_card, model_choices, restyle, run_compare
+from segviz.weights import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY, _ = model_choices("camvid")
+needs_weights = pytest.mark.skipif(not READY, reason="no bundled weights yet")
+
+
+@pytest.fixture(scope="module")
+def frame(camvid_root):
+    return str(camvid_root / "val" / "0016E5_07959.png"), str(camvid_root / "valannot" / "0016E5_07959.png")
+
+
+@needs_weights
+def test_compare_runs_every_ready_model_and_scores_them(frame):
+    image, mask = frame
+    r = run_compare(image, "camvid", READY, 0.6, gt=mask)
+    assert [t.split(" · ")[0] for _, t in r["overlays"]] == READY
+    assert all(o.shape == (360, 480, 3) for o, _ in r["overlays"])
+    header, rows = r["metrics"]
+    assert header[:3] == ["model", "mIoU", "pixel acc"] and len(rows) == len(READY)
+    manifest = read_manifest()
+    for row in rows:  # one frame scores near the model's val mIoU, not at chance
+        assert row[1] > manifest[row[0]]["val_miou"] - 25 and row[2] > 70
+    for name in CAMVID.classes:
+        assert name in r["legend"]
+    assert r["disagreement"].shape == (360, 480, 3) and len(r["errors"]) == len(READY)
+    # Opacity 0 shows the image itself; the card carries the weights' identities.
+    plain = restyle(r["view"], 0.0)
+    assert np.array_equal(plain[0][0], np.asarray(Image.open(image).convert("RGB")))
+    with zipfile.ZipFile(export_card(r["view"])) as z:
+        card = json.loads(z.read("card.json"))
+        assert {"overlays.png", *(f"labels/{n}.png" for n in READY)} <= set(z.namelist())
+        labels = np.asarray(Image.open(z.open(f"labels/{READY[0]}.png")))
+    assert [m["weights_sha256"] for m in card["models"]] == [manifest[n]["sha256"] for n in READY]
+    assert card["settings"]["opacity"] == 0.0 and READY[0] in card["metrics"]
+    assert labels.shape == (360, 480) and labels.max() < 11
+
+
+@needs_weights
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "x.png", "does not exist"),
+    (lambda d: (d / "c.png").write_bytes(b"garbage") and d / "c.png", "not a readable image"),
+])
+def test_bad_images_are_one_line_errors(tmp_path, make, message):
+    with pytest.raises(InputError, match=message):
+        run_compare(str(make(tmp_path)), "camvid", READY[:1], 0.5)
+
+
+@needs_weights
+def test_bad_masks_and_selections(frame, tmp_path):
+    image, _ = frame
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(InputError, match="is 10x10 but the image is 480x360"):
+        run_compare(image, "camvid", READY[:1], 0.5, gt=str(tmp_path / "small.png"))
+    with pytest.raises(ValueError, match="at least one"):
+        run_compare(image, "camvid", [], 0.5)
+    with pytest.raises(ValueError, match="not in the camvid set"):
+        run_compare(image, "camvid", ["nonsense_model"], 0.5)
+    with pytest.raises(ValueError, match="unknown model set"):
+        run_compare(image, "imagenet", READY[:1], 0.5)
+
+
+# --------------------------------------------------------------------------- a live server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read())
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+@needs_weights
+def test_gradio_client_api(server, frame):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    names = [e["api_name"] if isinstance(e, dict) else e for e in client.view_api(return_format="dict")["named_endpoints"]]
+    assert {"/compare", "/restyle", "/export_card"} <= set(names)
+    image, mask = frame
+    out = client.predict(handle_file(image), "camvid", READY, 0.6, handle_file(mask), api_name="/compare")
+    gallery, legend = out[0], out[1]
+    assert len(gallery) == len(READY) and "Bicyclist" in legend
+    assert gallery[0]["caption"].startswith(READY[0])
+
+
+@pytest.mark.browser
+@needs_weights
+def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
+    if not Path("/usr/bin/chromium").exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium must be installed in CI (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking",
+                                          "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.wait_for_selector("#run")
+        assert "CPU" in page.inner_text("#header") or "CUDA" in page.inner_text("#header")
+        # A frame no other test ran, so no model's prediction is cached: the time below is real.
+        page.set_input_files("#input-image input[type=file]", str(camvid_root / "val" / "0016E5_08151.png"))
+        page.wait_for_selector("#input-image img")
+        start = time.time()
+        page.click("#run")
+        page.wait_for_function(f"document.querySelectorAll('#overlays .thumbnail-item img').length == {len(READY)}",
+                               timeout=300_000)
+        seconds = time.time() - start
+        alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
+        assert [a.split(" · ")[0] for a in alts] == READY
+        legend = page.eval_on_selector_all("#legend .segviz-legend-item", "els => els.map(e => e.dataset.class)")
+        assert legend == list(CAMVID.classes)
+        shot = Path(os.environ.get("SEGVIZ_SCREENSHOT", tmp_path / "compare.png"))
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models")
