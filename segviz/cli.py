@@ -114,6 +114,30 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_rf(args) -> int:
+    from .receptive_field import describe, trace
+    from .registry import build
+
+    model = build(args.model, num_classes=args.classes)
+    layers, outputs = trace(model, args.size)
+    field = outputs["out"]
+    if args.json:
+        rows = [{"layer": l.name, "type": l.kind, "shape": list(l.shape), "size": [f.size for f in l.field],
+                 "jump": [f.jump for f in l.field], "start": [f.start for f in l.field],
+                 "whole_image": l.field[0].whole or l.field[1].whole} for l in layers]
+        print(json.dumps({"model": args.model, "input": list(args.size), "layers": rows,
+                          "output": {"size": [f.size for f in field], "jump": [f.jump for f in field],
+                                     "whole_image": field[0].whole or field[1].whole}}, indent=1))
+        return 0
+    print(f"{'layer':48} {'type':18} {'field (h x w)':>16} {'jump':>6}")
+    for l in layers:
+        h, w = l.field
+        size = "whole image" if (h.whole or w.whole) else f"{h.size:g} x {w.size:g}"
+        print(f"{l.name[:48]:48} {l.kind[:18]:18} {size:>16} {h.jump:6g}")
+    print(f"{args.model}: each output pixel sees {describe(field)} (input {args.size[0]}x{args.size[1]})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segviz", description="Compare classic semantic segmentation networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--run", default=None, help="with bundle: the run folder (default runs/MODEL)")
     w.add_argument("--data", default=None)
     w.set_defaults(func=cmd_weights)
+
+    r = sub.add_parser("rf", help="theoretical receptive field of every layer of a model")
+    r.add_argument("--model", required=True)
+    r.add_argument("--size", type=_size, default=(360, 480))
+    r.add_argument("--classes", type=int, default=11)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_rf)
 
     b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")
     b.add_argument("--size", type=_size, default=(360, 480))

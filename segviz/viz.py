@@ -136,3 +136,92 @@ def titled_grid(images: list[np.ndarray], titles: list[str], columns: int = 4) -
         canvas.paste(Image.fromarray(img), (c * w, r * (h + strip) + strip))
         draw.text((c * w + 4, r * (h + strip) + 4), title, fill="black", font=font)
     return np.asarray(canvas)
+
+
+# --------------------------------------------------------------------------- receptive fields
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, gamma: float = 0.4, cmap: str = "inferno") -> np.ndarray:
+    """A dimmed image under a heatmap; ``gamma`` < 1 lifts the weak tails (gradients fall off fast)."""
+    import matplotlib
+    from PIL import ImageFilter
+
+    # Per-pixel gradients are speckled: a 2 px blur makes the field's shape readable.
+    heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").filter(ImageFilter.GaussianBlur(2)))
+    h = np.clip(heat / max(float(heat.max()), 1e-12), 0, 1) ** gamma
+    colours = matplotlib.colormaps[cmap](h)[..., :3] * 255
+    a = np.clip(h * 1.2, 0, 0.9)[..., None]
+    base = image.astype(np.float32) * 0.45
+    return ((1 - a) * base + a * colours).round().astype(np.uint8)
+
+
+def draw_box(image: np.ndarray, box, pixel: tuple[int, int], label: str | None = None) -> np.ndarray:
+    """The theoretical field as a cyan box (or a note that it is the whole image) and the pixel as a cross."""
+    im = Image.fromarray(image)
+    d = ImageDraw.Draw(im)
+    y, x = pixel
+    if box is not None:
+        y0, x0, y1, x1 = box
+        d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 230, 255), width=2)
+    for dx, dy in ((-6, 0), (6, 0), (0, -6), (0, 6)):
+        d.line([x, y, x + dx, y + dy], fill=(0, 255, 0), width=2)
+    if label:
+        d.rectangle([0, 0, 8 + 6 * len(label), 14], fill=(0, 0, 0))
+        d.text((4, 1), label, fill=(255, 255, 255), font=ImageFont.load_default())
+    return np.asarray(im)
+
+
+BRANCH_COLOURS = [(255, 64, 64), (255, 200, 0), (0, 200, 255), (170, 90, 255), (60, 220, 90), (255, 120, 200),
+                  (255, 255, 255), (120, 160, 255)]
+
+
+def taps_image(image: np.ndarray, pixel: tuple[int, int], branches) -> np.ndarray:
+    """Where each dilated branch samples the image for output ``pixel``: one colour per branch;
+    pooling branches are drawn as their bin grid, with the bin holding the pixel filled."""
+    from .dilation import taps
+
+    im = Image.fromarray(image).convert("RGBA")
+    layer = Image.new("RGBA", im.size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    y, x = pixel
+    h, w = image.shape[:2]
+    # Drawing replaces pixels of the layer, so pooled regions go first and the taps on top.
+    order = sorted(enumerate(branches), key=lambda ib: not ib[1].bins)
+    for i, b in order:
+        colour = BRANCH_COLOURS[i % len(BRANCH_COLOURS)]
+        if b.bins:
+            for k in range(1, b.bins):
+                d.line([k * w / b.bins, 0, k * w / b.bins, h], fill=colour + (200,), width=2)
+                d.line([0, k * h / b.bins, w, k * h / b.bins], fill=colour + (200,), width=2)
+            cy, cx = int(y * b.bins / h), int(x * b.bins / w)
+            d.rectangle([cx * w / b.bins, cy * h / b.bins, (cx + 1) * w / b.bins, (cy + 1) * h / b.bins],
+                        fill=colour + (50,), outline=colour + (255,), width=3)
+            continue
+        radius = max(2, min(6, b.stride // 2))
+        for dy, dx in taps(b.rate, b.kernel) * b.stride:
+            ty, tx = y + dy, x + dx
+            d.ellipse([tx - radius, ty - radius, tx + radius, ty + radius], fill=colour + (255,),
+                      outline=(0, 0, 0, 255))
+    return np.asarray(Image.alpha_composite(im, layer).convert("RGB"))
+
+
+def coverage_figure(coverage: np.ndarray, rates: list[int], kernel: int = 3):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .dilation import holes
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    masked = np.ma.masked_equal(coverage, 0)
+    im = ax.imshow(masked, cmap="viridis", interpolation="nearest")
+    ax.set_facecolor("#222")
+    c = coverage.shape[0] // 2
+    ax.plot([c], [c], marker="+", color="red", markersize=14, mew=2)
+    n_holes = holes(coverage)
+    ax.set_title(f"{kernel}x{kernel} convs at rates {', '.join(map(str, rates))}: field {coverage.shape[0]} px, "
+                 f"{n_holes} holes", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, fraction=0.046, label="paths reaching the pixel (dark = never touched)")
+    fig.tight_layout()
+    return fig

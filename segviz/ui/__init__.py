@@ -29,12 +29,14 @@ def user_error():
 def build():
     import gradio as gr
 
-    from . import compare, models
+    from . import compare, dilation, models, receptive_field
 
     with gr.Blocks(title="segviz: semantic segmentation, side by side", analytics_enabled=False) as demo:
         gr.Markdown("# segviz\nThe classic semantic-segmentation architectures, side by side. " + device_line(),
                     elem_id="header")
         with gr.Tabs():
             compare.build_tab(gr, user_error)
+            receptive_field.build_tab(gr, user_error)
+            dilation.build_tab(gr, user_error)
             models.build_tab(gr)
     return demo

@@ -1,0 +1,313 @@
+"""Theoretical receptive fields traced through the real module graph.
+
+Instead of hand-written layer tables, a forward pass runs on an :class:`RFTensor`: a tensor
+subclass whose ``__torch_function__`` computes the real result and, beside it, the field
+of every output unit along each axis: its size, its jump (effective stride, in input
+pixels) and the centre of the first unit's field (Araujo et al., "Computing Receptive
+Fields of Convolutional Neural Networks", Distill 2019). Convolutions (any kernel, stride,
+padding, dilation), pools, transposed convolutions, interpolation, unpooling, padding and
+crops have rules; element-wise ops, sums and concatenations take the union of their inputs'
+fields (the paths of skips, ASPP and pyramid pooling). Global or adaptive pooling makes
+the field the whole image, which is reported as such rather than as a number.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field along one axis, in input pixels."""
+
+    size: float = 1.0
+    jump: float = 1.0
+    start: float = 0.0  # centre of the field of output unit 0 (input pixel 0 is at 0)
+    whole: bool = False  # the unit sees the whole image (global pooling on the path)
+
+    def centre(self, i: float) -> float:
+        return self.start + i * self.jump
+
+    def union(self, other: "Field") -> "Field":
+        lo = min(self.start - self.size / 2, other.start - other.size / 2)
+        hi = max(self.start + self.size / 2, other.start + other.size / 2)
+        # A whole-image branch (image pooling) has no meaningful jump: keep the local branch's.
+        jumps = [f.jump for f in (self, other) if not f.whole] or [self.jump, other.jump]
+        return Field(hi - lo, min(jumps), (lo + hi) / 2, self.whole or other.whole)
+
+
+IDENTITY = (Field(), Field())
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _window(f: Field, k: int, s: int, p: float, d: int = 1) -> Field:
+    k_eff = d * (k - 1) + 1
+    return Field(f.size + (k_eff - 1) * f.jump, f.jump * s, f.start + ((k_eff - 1) / 2 - p) * f.jump, f.whole)
+
+
+def _rf_of(x):
+    return x._rf if isinstance(x, RFTensor) else None
+
+
+def _flatten(args) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            out.extend(_flatten(a))
+        else:
+            out.append(a)
+    return out
+
+
+def _arg(args, kwargs, i, name, default=None):
+    if name in kwargs:
+        return kwargs[name]
+    return args[i] if len(args) > i else default
+
+
+def _spatial(t) -> tuple[int, int] | None:
+    return tuple(t.shape[-2:]) if isinstance(t, torch.Tensor) and t.dim() >= 3 else None
+
+
+def _rule(func, args, kwargs, out):
+    """The (h, w) fields of ``out`` given the op and its inputs' fields."""
+    name = getattr(func, "__name__", str(func))
+    x = args[0] if args else None
+    rf = _rf_of(x)
+    ins = [a for a in _flatten(list(args) + list(kwargs.values())) if isinstance(a, RFTensor)]
+    if rf is None:
+        rf = ins[0]._rf if ins else IDENTITY
+    if name in ("conv2d", "conv1d"):
+        w = _arg(args, kwargs, 1, "weight")
+        stride, padding, dilation = (_pair(_arg(args, kwargs, i, n, dv)) for i, n, dv in
+                                     ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1)))
+        k = w.shape[-2:]
+        if isinstance(padding[0], str):  # "same" / "valid"
+            padding = tuple(dilation[a] * (k[a] - 1) / 2 if padding[0] == "same" else 0 for a in range(2))
+        return tuple(_window(rf[a], k[a], stride[a], padding[a], dilation[a]) for a in range(2))
+    if name == "conv_transpose2d":
+        w = _arg(args, kwargs, 1, "weight")
+        stride, padding, dilation = (_pair(_arg(args, kwargs, i, n, dv)) for i, n, dv in
+                                     ((3, "stride", 1), (4, "padding", 0), (7, "dilation", 1)))
+        k = w.shape[-2:]
+        fields = []
+        for a in range(2):
+            k_eff = dilation[a] * (k[a] - 1) + 1
+            jump = rf[a].jump / stride[a]
+            # Output unit o gathers inputs i with o = i*s - p + t, t < k_eff: about ceil(k_eff/s) of them.
+            span = (math.ceil(k_eff / stride[a]) - 1) * rf[a].jump
+            start = rf[a].start + (padding[a] - (k_eff - 1) / 2) / stride[a] * rf[a].jump
+            fields.append(Field(rf[a].size + span, jump, start, rf[a].whole))
+        return tuple(fields)
+    if name in ("max_pool2d", "max_pool2d_with_indices", "_max_pool2d", "avg_pool2d", "boolean_dispatch"):
+        k = _pair(_arg(args, kwargs, 1, "kernel_size"))
+        s = _arg(args, kwargs, 2, "stride") or k
+        s = _pair(s) if s != [] else k
+        p = _pair(_arg(args, kwargs, 3, "padding", 0))
+        d = _pair(_arg(args, kwargs, 4, "dilation", 1)) if "max" in name else (1, 1)
+        return tuple(_window(rf[a], k[a], s[a], p[a], d[a]) for a in range(2))
+    if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices", "mean") and \
+            _spatial(out) != _spatial(x):
+        return tuple(replace(f, whole=True) for f in rf)
+    if name == "interpolate":
+        size_in, size_out = _spatial(x), _spatial(out)
+        mode = _arg(args, kwargs, 3, "mode", "nearest")
+        align = _arg(args, kwargs, 4, "align_corners", None)
+        fields = []
+        for a in range(2):
+            scale = size_in[a] / size_out[a]
+            jump = rf[a].jump * scale
+            if align:
+                scale_c = (size_in[a] - 1) / max(size_out[a] - 1, 1)
+                jump, start = rf[a].jump * scale_c, rf[a].start
+            else:
+                start = rf[a].start + (0.5 * scale - 0.5) * rf[a].jump
+            extra = rf[a].jump if mode in ("bilinear", "linear", "bicubic") else 0
+            if mode == "bicubic":
+                extra = 3 * rf[a].jump
+            fields.append(Field(rf[a].size + extra, jump, start, rf[a].whole))
+        return tuple(fields)
+    if name == "max_unpool2d":
+        size_in, size_out = _spatial(x), _spatial(out)
+        return tuple(Field(rf[a].size, rf[a].jump * size_in[a] / size_out[a],
+                           rf[a].start - rf[a].jump * (1 - size_in[a] / size_out[a]) / 2, rf[a].whole) for a in range(2))
+    if name == "pad":
+        pad = _arg(args, kwargs, 1, "pad")
+        left, top = pad[0], (pad[2] if len(pad) > 2 else 0)
+        return (replace(rf[0], start=rf[0].start - top * rf[0].jump), replace(rf[1], start=rf[1].start - left * rf[1].jump))
+    if name == "__getitem__":
+        idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if Ellipsis in idx:
+            pos = idx.index(Ellipsis)
+            idx = idx[:pos] + (slice(None),) * (x.dim() - len(idx) + 1) + idx[pos + 1:]
+        idx = idx + (slice(None),) * (x.dim() - len(idx))
+        fields = list(rf)
+        for a, sl in enumerate(idx[-2:]):
+            if isinstance(sl, slice):
+                first, _, step = sl.indices(x.shape[-2 + a])
+                fields[a] = Field(rf[a].size, rf[a].jump * step, rf[a].centre(first), rf[a].whole)
+        return tuple(fields)
+    if name in ("linear", "flatten"):
+        return tuple(replace(f, whole=True) for f in rf)
+    # Element-wise ops, normalisation, sums, concatenations: the union of the inputs of the output's size.
+    size_out = _spatial(out)
+    same = [t._rf for t in ins if _spatial(t) == size_out] or [rf]
+    fields = same[0]
+    for other in same[1:]:
+        fields = (fields[0].union(other[0]), fields[1].union(other[1]))
+    return fields
+
+
+class RFTensor(torch.Tensor):
+    """A tensor that carries the receptive field of its units through every torch op."""
+
+    _rf: tuple[Field, Field]
+
+    @staticmethod
+    def wrap(t: torch.Tensor, rf) -> "RFTensor":
+        r = t.as_subclass(RFTensor)
+        r._rf = rf
+        return r
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") in ("__get__", "__set__", "size", "dim", "numel", "__len__", "__bool__"):
+            return out
+        results = out if isinstance(out, tuple) else (out,)
+        wrapped = []
+        for r in results:
+            if isinstance(r, torch.Tensor) and r.dim() >= 2:
+                r = RFTensor.wrap(r, _rule(func, args, kwargs, r))
+            wrapped.append(r)
+        return tuple(wrapped) if isinstance(out, tuple) else wrapped[0]
+
+
+@dataclass
+class LayerField:
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    field: tuple[Field, Field]
+
+    def describe(self) -> str:
+        h, w = self.field
+        if h.whole or w.whole:
+            return "whole image"
+        return f"{h.size:g}x{w.size:g}" if h.size != w.size else f"{h.size:g}"
+
+
+def trace(model: nn.Module, size=(224, 224), channels: int = 3) -> tuple[list[LayerField], dict[str, tuple[Field, Field]]]:
+    """Per-layer fields (every leaf module, in execution order) and the fields of the outputs."""
+    layers: list[LayerField] = []
+    hooks = []
+
+    def hook(module, inputs, output, name=""):
+        out = output[0] if isinstance(output, tuple) else output
+        if isinstance(out, RFTensor):
+            layers.append(LayerField(name, type(module).__name__, tuple(out.shape), out._rf))
+
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name)))
+    was_training = model.training
+    model.eval()
+    try:
+        x = RFTensor.wrap(torch.zeros(1, channels, *size), IDENTITY)
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    outputs = out if isinstance(out, dict) else {"out": out}
+    outputs = {k: v._rf for k, v in outputs.items() if isinstance(v, RFTensor)}
+    if isinstance(out, (list, tuple)):
+        outputs = {f"level{i + 1}": v._rf for i, v in enumerate(out) if isinstance(v, RFTensor)}
+    return layers, outputs
+
+
+def final_field(model: nn.Module, size=(224, 224)) -> tuple[Field, Field]:
+    return trace(model, size)[1]["out"]
+
+
+def describe(field: tuple[Field, Field]) -> str:
+    h, w = field
+    if h.whole or w.whole:
+        return "the whole image (global pooling on the path)"
+    return f"{h.size:g} x {w.size:g} px, jump {h.jump:g}"
+
+
+# --------------------------------------------------------------------------- effective field
+def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index: int | None = None,
+                    samples: int = 0, seed: int = 0):
+    """Effective receptive field (Luo et al. 2016, arXiv 1701.04128) of one output pixel.
+
+    The gradient of the logit at ``pixel`` (y, x) -- of its predicted class, or
+    ``class_index`` -- with respect to the input, |grad| summed over channels, normalised
+    to a maximum of 1. With ``samples`` > 0 the input is replaced by that many random
+    images and the maps averaged: the image-independent version. Returns (map (H, W), class).
+    """
+    import numpy as np
+
+    device = next(model.parameters()).device
+    y, x = pixel
+    if image is not None:
+        h, w = image.shape[:2]
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"pixel ({y}, {x}) is outside the {w}x{h} image")
+        inputs = [torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)]
+    else:
+        raise ValueError("effective_field needs an image (its size, and its content unless samples > 0)")
+    if samples > 0:
+        g = torch.Generator().manual_seed(seed)
+        inputs = [torch.rand(1, 3, h, w, generator=g) for _ in range(samples)]
+    total, chosen = None, class_index
+    was_training = model.training
+    model.eval()
+    try:
+        for raw in inputs:
+            inp = model.normalize(raw.to(device)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(inp)["out"]
+                c = chosen if chosen is not None else int(logits[0, :, y, x].argmax())
+                if not 0 <= c < logits.shape[1]:
+                    raise ValueError(f"class {c} does not exist; the model has {logits.shape[1]} classes")
+                (grad,) = torch.autograd.grad(logits[0, c, y, x], inp)
+            m = grad[0].abs().sum(0)
+            total = m if total is None else total + m
+            if chosen is None and samples == 0:
+                chosen = c
+    finally:
+        model.train(was_training)
+    erf = total / total.max().clamp_min(1e-12)
+    return erf.detach().cpu().numpy(), chosen
+
+
+def field_box(field: tuple[Field, Field], pixel: tuple[int, int], size: tuple[int, int]):
+    """The theoretical field of output ``pixel`` as (y0, x0, y1, x1), clipped to the image, or None
+    when it is the whole image. The output is at input resolution, so unit i sits at pixel i."""
+    h, w = field
+    if h.whole or w.whole:
+        return None
+    (y, x), (H, W) = pixel, size
+    return (max(0.0, y - h.size / 2), max(0.0, x - w.size / 2), min(H, y + h.size / 2), min(W, x + w.size / 2))
+
+
+def erf_extent(erf, threshold: float = 0.05) -> tuple[int, int]:
+    """Height and width of the box holding every pixel whose ERF exceeds ``threshold`` of the peak."""
+    import numpy as np
+
+    ys, xs = np.nonzero(erf >= threshold)
+    if ys.size == 0:
+        return 0, 0
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)

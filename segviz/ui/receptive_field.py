@@ -1,0 +1,98 @@
+"""Receptive field tab: click a pixel, see each model's theoretical field (box) and effective
+field (gradient heatmap). Handlers are plain functions; only ``build_tab`` touches gradio."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .. import viz
+from ..compare import get_model_set, runnable
+from ..preprocess import prepare_image
+from ..receptive_field import describe, effective_field, erf_extent, field_box, trace
+
+
+@functools.lru_cache(maxsize=64)
+def theoretical_field(model_set: str, name: str, size: tuple[int, int]):
+    """Traced once per model and image size (the weights do not matter, the graph does)."""
+    return trace(get_model_set(model_set).load(name), size)[1]["out"]
+
+
+def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
+    """A click on the uploaded image -> the same point on the (possibly downscaled) working image."""
+    y, x = pixel
+    sy, sx = working_size[0] / original_size[0], working_size[1] / original_size[1]
+    return min(int(y * sy), working_size[0] - 1), min(int(x * sx), working_size[1] - 1)
+
+
+def erf_grid(image, pixel, names, model_set: str = "camvid", class_name: str | None = None,
+             random_inputs: int = 0, progress=None):
+    """Per model: the ERF heatmap of ``pixel`` with the theoretical field drawn as a box, and a
+    table row (model, class, theoretical field, ERF extent at 5% of its peak)."""
+    prepared = prepare_image(image)
+    img = prepared.image
+    size = img.shape[:2]
+    pixel = scale_pixel(pixel, prepared.original_size, size)
+    mset = get_model_set(model_set)
+    classes = list(mset.labelset.classes)
+    class_index = None if class_name in (None, "", "predicted") else classes.index(class_name)
+    tiles, rows = [], []
+    todo = runnable(mset, list(names))
+    if not todo:
+        raise ValueError("select at least one model with trained weights")
+    for i, name in enumerate(todo):
+        if progress:
+            progress(i / len(todo), f"gradients of {name}")
+        erf, c = effective_field(mset.load(name), img, pixel, class_index, samples=random_inputs)
+        field = theoretical_field(model_set, name, size)
+        ey, ex = erf_extent(erf)
+        tile = viz.draw_box(viz.heatmap_overlay(img, erf), field_box(field, pixel, size), pixel)
+        cls = classes[c] if c is not None else "predicted (random inputs)"
+        tiles.append((tile, f"{name} · {cls}"))
+        rows.append([name, cls, describe(field), f"{ey} x {ex} px"])
+    return tiles, rows, pixel
+
+
+HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]
+
+
+def build_tab(gr, user_error):
+    from .compare import example_images, model_choices
+
+    ready, _ = model_choices("camvid")
+    with gr.Tab("Receptive field", id="receptive-field"):
+        gr.Markdown("Click a pixel. Each tile shows the **effective receptive field** (|d logit / d input|, "
+                    "Luo et al. 2016) as a heatmap and the **theoretical field** as a cyan box: the effective "
+                    "field is far smaller. A missing box means the field is the whole image (global pooling).")
+        pixel = gr.State((180, 240))
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = gr.Image(label="Image (click a pixel)", type="filepath", image_mode=None,
+                                 sources=["upload", "clipboard"], elem_id="rf-image")
+                examples = example_images()
+                if examples:
+                    gr.Examples(examples[:3], inputs=image)
+                where = gr.Markdown("Pixel: (y=180, x=240)")
+                names = gr.CheckboxGroup(ready, value=ready, label="Models", elem_id="rf-models")
+                cls = gr.Dropdown(["predicted"] + list(get_model_set("camvid").labelset.classes), value="predicted",
+                                  label="Class whose logit is differentiated")
+                random = gr.Checkbox(False, label="Image-independent: average over 4 random inputs")
+                run = gr.Button("Show fields", variant="primary", elem_id="rf-run")
+            with gr.Column(scale=2):
+                grid = gr.Gallery(label="Effective (heatmap) vs theoretical (box) field", columns=3, height="auto",
+                                  format="png", elem_id="rf-grid")
+                table = gr.Dataframe(headers=HEADERS, interactive=False)
+
+        def on_select(evt: gr.SelectData):
+            x, y = evt.index
+            return (y, x), f"Pixel: (y={y}, x={x})"
+
+        def on_run(image, pixel, names, cls, random, progress=gr.Progress()):
+            with user_error():
+                tiles, rows, _ = erf_grid(image, tuple(pixel), names, "camvid", cls, 4 if random else 0,
+                                          progress=lambda f, m: progress(f, desc=m))
+            return tiles, rows
+
+        image.select(on_select, None, [pixel, where])
+        run.click(on_run, [image, pixel, names, cls, random], [grid, table], api_name="receptive_field",
+                  concurrency_limit=1)

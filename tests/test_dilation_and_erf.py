@@ -1,0 +1,102 @@
+"""Dilation patterns, effective receptive fields, and the two teaching tabs' handlers."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from segviz.dilation import holes, model_branches, stacked_coverage, taps
+from segviz.receptive_field import effective_field, erf_extent, field_box, final_field
+
+
+def test_taps_of_a_dilated_kernel():
+    t = taps(4)
+    assert len(t) == 9 and set(map(tuple, t)) >= {(-4, -4), (0, 0), (4, 4), (4, -4)}
+    assert taps(1, kernel=1).tolist() == [[0, 0]]
+    with pytest.raises(ValueError):
+        taps(0)
+
+
+def test_gridding_of_equal_rates_and_hdc_rates():
+    # Wang et al. 2018 ("Understanding Convolution for Semantic Segmentation"): rates 2,2,2
+    # reach only every other pixel; 1,2,5 cover the whole 17x17 field.
+    equal = stacked_coverage([2, 2, 2])
+    assert equal.shape == (13, 13) and holes(equal) == 13 * 13 - 7 * 7
+    hdc = stacked_coverage([1, 2, 5])
+    assert hdc.shape == (17, 17) and holes(hdc) == 0
+    assert stacked_coverage([1]).sum() == 9 and stacked_coverage([1, 1]).sum() == 81
+
+
+def test_coverage_matches_the_traced_field():
+    net = nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=r, dilation=r) for r in (1, 2, 4, 8)])
+    h, _ = final_field(net, (64, 64))
+    assert stacked_coverage([1, 2, 4, 8]).shape[0] == h.size == 31
+
+
+def test_model_branches_are_the_models_own():
+    aspp = model_branches("deeplabv2_efficientnet_lite0")
+    assert [b.rate for b in aspp] == [6, 12, 18, 24] and {b.stride for b in aspp} == {8}
+    v3 = model_branches("deeplabv3_efficientnet_lite0")
+    assert [b.rate for b in v3 if not b.bins][1:] == [6, 12, 18] and v3[-1].bins == 1
+    assert [b.bins for b in model_branches("pspnet_efficientnet_lite0")] == [1, 2, 3, 6]
+    assert [b.rate for b in model_branches("dilation8_efficientnet_lite0")] == [1, 1, 2, 4, 8, 16, 1]
+    with pytest.raises(ValueError, match="no dilated"):
+        model_branches("fcn8s_efficientnet_lite0")
+
+
+class Tiny(nn.Module):
+    """Two 3x3 convs: a 5x5 theoretical field; the ERF must sit inside it."""
+
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
+        self.register_buffer("m", torch.zeros(1, 3, 1, 1))
+
+    def normalize(self, x):
+        return x
+
+    def forward(self, x):
+        return {"out": self.net(x)}
+
+
+def test_effective_field_lies_inside_the_theoretical_one():
+    torch.manual_seed(0)
+    model = Tiny()
+    image = (np.random.default_rng(0).random((32, 40, 3)) * 255).astype(np.uint8)
+    erf, c = effective_field(model, image, (10, 20))
+    assert erf.shape == (32, 40) and erf.max() == pytest.approx(1.0) and c in (0, 1)
+    ys, xs = np.nonzero(erf)
+    assert ys.min() >= 8 and ys.max() <= 12 and xs.min() >= 18 and xs.max() <= 22
+    assert erf_extent(erf, 1e-9) <= (5, 5)
+    h, w = final_field(model, (32, 40))
+    assert field_box((h, w), (10, 20), (32, 40)) == (7.5, 17.5, 12.5, 22.5)
+    avg, _ = effective_field(model, image, (10, 20), class_index=1, samples=3)
+    assert avg.shape == (32, 40)
+    with pytest.raises(ValueError, match="outside"):
+        effective_field(model, image, (40, 0))
+    with pytest.raises(ValueError, match="class 5"):
+        effective_field(model, image, (1, 1), class_index=5)
+
+
+def test_dilation_handlers():
+    from segviz.ui.dilation import coverage, parse_rates
+
+    fig, text = coverage("1, 2, 5")
+    assert "17 px" in text and "0 pixels" in text
+    assert parse_rates("2 2,2") == [2, 2, 2]
+    for bad in ("a, b", "0", ""):
+        with pytest.raises(ValueError):
+            parse_rates(bad)
+
+
+def test_branch_taps_draw_on_the_image(camvid_root):
+    from segviz.ui.dilation import branch_taps
+
+    image = camvid_root / "val" / "0016E5_07959.png"
+    drawn, legend = branch_taps(str(image), (180, 240), "deeplabv2_efficientnet_lite0")
+    assert drawn.shape == (360, 480, 3) and "rate 24" in legend
+    # The rate-6 taps sit 6 x 8 = 48 px from the pixel, in the first branch colour.
+    from segviz.viz import BRANCH_COLOURS
+
+    assert tuple(drawn[180 - 48, 240 - 48]) == BRANCH_COLOURS[0]
