@@ -55,3 +55,40 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
     return {"size": list(size), "device": str(dev), "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
             "reference": {"name": "torchvision deeplabv3_resnet50 (random weights)", "ms": round(ref_s * 1000, 1)},
             "models": rows, "compact_sum_ms": round(compact, 1), "compact_sum_ratio": round(compact / (ref_s * 1000), 3)}
+
+
+def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int = 5, seed: int = 0) -> dict:
+    """Our :func:`segviz.crf.dense_crf` against the same raw pydensecrf calls, same inputs, same process."""
+    import numpy as np
+
+    from .crf import CRFParams, dcrf, dense_crf
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    logits = rng.normal(size=(labels, h, w)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(0, keepdims=True)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    params = CRFParams(iterations=iterations)
+
+    def raw():
+        d = dcrf.DenseCRF2D(w, h, labels)
+        d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-5, 1.0)).reshape(labels, -1)))
+        d.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+        d.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=image,
+                               compat=params.bilateral_compat)
+        return np.asarray(d.inference(iterations), dtype=np.float32).reshape(labels, h, w)
+
+    def ours():
+        return dense_crf(probs, image, params)
+
+    assert np.allclose(raw(), ours()), "the wrapper must compute what raw pydensecrf computes"
+    times = {"raw": [], "ours": []}
+    for _ in range(runs):  # interleaved, so drifts in machine load hit both alike
+        for name, fn in (("raw", raw), ("ours", ours)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    raw_s, ours_s = statistics.median(times["raw"]), statistics.median(times["ours"])
+    return {"size": list(size), "labels": labels, "iterations": iterations, "runs": runs,
+            "raw_pydensecrf_ms": round(raw_s * 1000, 1), "segviz_dense_crf_ms": round(ours_s * 1000, 1),
+            "overhead": round(ours_s / raw_s - 1, 4)}

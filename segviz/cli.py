@@ -56,6 +56,15 @@ def cmd_bench(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.crf:
+        from .bench import bench_crf
+
+        result = bench_crf(size=args.size, runs=args.runs)
+        print(json.dumps(result, indent=1) if args.json else
+              f"dense CRF {result['size'][0]}x{result['size'][1]}, {result['labels']} labels, {result['iterations']} "
+              f"iterations: raw pydensecrf {result['raw_pydensecrf_ms']} ms, segviz {result['segviz_dense_crf_ms']} ms "
+              f"({result['overhead'] * 100:+.1f}%)")
+        return 0
     names = args.models or [s.name for s in list_models(compact=None if args.all else True)]
     if not args.json:
         print(f"{'model':32} {'ms':>8} {'x ref':>7}")
@@ -138,6 +147,21 @@ def cmd_rf(args) -> int:
     return 0
 
 
+def cmd_crf_tune(args) -> int:
+    from .crf import AVAILABLE, INSTALL_HINT
+    from .data.camvid import CamVid
+    from .evaluate import crf_study
+    from .inference import load_model
+
+    if not AVAILABLE:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    result = {"model": args.model, **crf_study(model, CamVid(args.data, args.split), next(model.parameters()).device)}
+    print(json.dumps(result, indent=None if args.json else 1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segviz", description="Compare classic semantic segmentation networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_rf)
 
+    c = sub.add_parser("crf-tune", help="measure the dense CRF: none vs default vs grid-searched parameters")
+    c.add_argument("--model", required=True)
+    c.add_argument("--data", default=None)
+    c.add_argument("--split", default="val")
+    c.add_argument("--weights", default=None)
+    c.add_argument("--device", default=None)
+    c.add_argument("--json", action="store_true", help="one line of JSON")
+    c.set_defaults(func=cmd_crf_tune)
+
     b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")
     b.add_argument("--size", type=_size, default=(360, 480))
     b.add_argument("--models", nargs="*", default=None, help="default: every compact model")
@@ -202,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--crf", action="store_true", help="time the dense CRF wrapper against raw pydensecrf instead")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p

@@ -112,47 +112,93 @@ def runnable(model_set: ModelSet, names: list[str]) -> list[str]:
 class Comparison:
     image: np.ndarray
     model_set: str
-    predictions: list[Prediction]
+    predictions: list[Prediction]  # raw network outputs
     gt: np.ndarray | None = None
-    metrics: dict = field(default_factory=dict)  # name -> scores() with the ground truth
+    crf_params: "CRFParams | None" = None
+    refined: dict = field(default_factory=dict)  # name -> (H, W) labels after the dense CRF
+    metrics: dict = field(default_factory=dict)  # name -> scores() of what is shown, with the ground truth
+    metrics_before_crf: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.predictions]
 
+    def shown(self) -> list[np.ndarray]:
+        """The label maps on display: after the CRF when it is on."""
+        return [self.refined.get(p.name, p.labels) for p in self.predictions]
+
+
+_CRF_CACHE: OrderedDict = OrderedDict()
+
+
+def refine(mset: ModelSet, name: str, image: np.ndarray, params) -> np.ndarray:
+    from .crf import dense_crf
+
+    key = (image_key(image), mset.name, name, params)
+    if key not in _CRF_CACHE:
+        probs = predict_one(mset, name, image, keep_probs=True).probs
+        _CRF_CACHE[key] = dense_crf(probs, image, params).argmax(0).astype(np.uint8)
+        while len(_CRF_CACHE) > _CACHE_SIZE:
+            _CRF_CACHE.popitem(last=False)
+    return _CRF_CACHE[key]
+
 
 def compare(image: np.ndarray, names: list[str], model_set: str = "camvid", gt: np.ndarray | None = None,
-            progress=None) -> Comparison:
-    """Run every selected model (that has weights) on ``image``; score them if ``gt`` is given."""
+            progress=None, crf_params=None) -> Comparison:
+    """Run every selected model (that has weights) on ``image``; refine with the dense CRF when
+    ``crf_params`` is given; score them if ``gt`` is given."""
     mset = get_model_set(model_set)
     todo = runnable(mset, names)
     if not todo:
         raise ValueError("none of the selected models has trained weights")
-    preds = []
+    result = Comparison(image, model_set, [], gt, crf_params)
     for i, name in enumerate(todo):
         if progress:
             progress(i / len(todo), f"running {name}")
-        preds.append(predict_one(mset, name, image))
-    result = Comparison(image, model_set, preds, gt)
+        result.predictions.append(predict_one(mset, name, image, keep_probs=crf_params is not None))
+        if crf_params is not None:
+            if progress:
+                progress((i + 0.5) / len(todo), f"dense CRF on {name}")
+            result.refined[name] = refine(mset, name, image, crf_params)
     if gt is not None:
         n = mset.labelset.num_classes
-        for p in preds:
-            result.metrics[p.name] = scores(confusion_matrix(p.labels, gt, n), mset.labelset.classes)
+        for p, shown in zip(result.predictions, result.shown()):
+            result.metrics[p.name] = scores(confusion_matrix(shown, gt, n), mset.labelset.classes)
+            if crf_params is not None:
+                result.metrics_before_crf[p.name] = scores(confusion_matrix(p.labels, gt, n), mset.labelset.classes)
     return result
 
 
 def overlays(c: Comparison, alpha: float) -> list[tuple[np.ndarray, str]]:
     labelset = get_model_set(c.model_set).labelset
-    return [(viz.overlay(c.image, p.labels, labelset, alpha), f"{p.name} · {p.ms:.0f} ms") for p in c.predictions]
+    tag = " · CRF" if c.refined else ""
+    return [(viz.overlay(c.image, labels, labelset, alpha), f"{p.name} · {p.ms:.0f} ms{tag}")
+            for p, labels in zip(c.predictions, c.shown())]
+
+
+def crf_views(c: Comparison, alpha: float) -> dict:
+    """Before/after overlays and a map of the pixels the CRF changed, per model."""
+    labelset = get_model_set(c.model_set).labelset
+    out = {}
+    for p in c.predictions:
+        if p.name in c.refined:
+            after = c.refined[p.name]
+            out[p.name] = {"before": viz.overlay(c.image, p.labels, labelset, alpha),
+                           "after": viz.overlay(c.image, after, labelset, alpha),
+                           "changed": viz.changed_map(c.image, p.labels, after),
+                           "changed_share": float((p.labels != after).mean())}
+    return out
 
 
 def metrics_table(c: Comparison) -> tuple[list[str], list[list]]:
-    """Header and rows: per model, mIoU, pixel accuracy and per-class IoU on this image."""
+    """Header and rows: per model, mIoU (before the CRF too when it is on), pixel accuracy and
+    per-class IoU on this image."""
     classes = list(get_model_set(c.model_set).labelset.classes)
-    header = ["model", "mIoU", "pixel acc"] + classes
+    header = ["model", "mIoU"] + (["mIoU before CRF"] if c.metrics_before_crf else []) + ["pixel acc"] + classes
     rows = []
     for name, s in c.metrics.items():
-        rows.append([name, round(s["miou"], 1), round(s["pixel_acc"], 1)] +
+        before = [round(c.metrics_before_crf[name]["miou"], 1)] if c.metrics_before_crf else []
+        rows.append([name, round(s["miou"], 1)] + before + [round(s["pixel_acc"], 1)] +
                     [("" if s["per_class_iou"][k] is None else round(s["per_class_iou"][k], 1)) for k in classes])
     return header, rows
 
@@ -166,15 +212,17 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None) -
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("overlays.png", _png(grid))
-        for p in c.predictions:
-            z.writestr(f"labels/{p.name}.png", _png(p.labels))
+        for p, labels in zip(c.predictions, c.shown()):
+            z.writestr(f"labels/{p.name}.png", _png(labels))
         info = {
             "model_set": c.model_set, "classes": list(mset.labelset.classes),
             "image_size": list(c.image.shape[:2]),
             "models": [{"name": p.name, "weights_sha256": mset.weights_sha256(p.name), "latency_ms": round(p.ms, 1)}
                        for p in c.predictions],
-            "settings": {"opacity": alpha, **(settings or {})},
+            "settings": {"opacity": alpha, "crf": c.crf_params.as_dict() if c.crf_params else None,
+                         **(settings or {})},
             "metrics": c.metrics,
+            "metrics_before_crf": c.metrics_before_crf or None,
         }
         z.writestr("card.json", json.dumps(info, indent=1))
     return buf.getvalue()

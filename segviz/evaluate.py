@@ -32,3 +32,54 @@ def evaluate(model, dataset, device="cpu", progress: bool = True) -> dict:
     result = scores(cm, dataset.labels.classes)
     result["images"] = len(dataset)
     return result
+
+
+# --------------------------------------------------------------------------- the CRF's effect
+CRF_GRID = {"bilateral_sxy": (30.0, 80.0), "bilateral_srgb": (5.0, 13.0), "bilateral_compat": (5.0, 10.0)}
+
+
+def crf_study(model, dataset, device="cpu", tune_every: int = 4, progress: bool = True) -> dict:
+    """mIoU on ``dataset`` without the CRF and with its default parameters; then a grid search
+    (:data:`CRF_GRID`) on every ``tune_every``-th frame of the first half, and the tuned
+    parameters scored on the second half (CamVid val is one sequence: halves, not alternate
+    frames, so that near-duplicate neighbours do not leak between tuning and testing)."""
+    import itertools
+
+    from .crf import CRFParams, dense_crf
+
+    n = dataset.labels.num_classes
+    half = len(dataset) // 2
+    model.eval()
+    probs = []
+    for image, _ in tqdm(dataset, desc="softmax", disable=not progress, leave=False):
+        probs.append(predict_logits(model, image, device).softmax(1)[0].cpu().numpy())
+
+    def cms(indices, params):
+        out = {}
+        for i in tqdm(indices, desc="crf", disable=not progress, leave=False):
+            image, target = dataset[i]
+            p = probs[i] if params is None else dense_crf(probs[i], image, params)
+            out[i] = confusion_matrix(p.argmax(0), target, n)
+        return out
+
+    def miou(cm_by_image, indices):
+        return scores(sum(cm_by_image[i] for i in indices), dataset.labels.classes)["miou"]
+
+    everything, second = range(len(dataset)), range(half, len(dataset))
+    none, default = cms(everything, None), cms(everything, CRFParams())
+    tune = range(0, half, tune_every)
+    best, best_params = -1.0, CRFParams()
+    for values in itertools.product(*CRF_GRID.values()):
+        params = CRFParams(**dict(zip(CRF_GRID, values)))
+        m = miou(cms(tune, params), tune)
+        if m > best:
+            best, best_params = m, params
+    tuned = cms(second, best_params)
+    return {
+        "images": len(dataset), "val_miou": round(miou(none, everything), 2),
+        "val_miou_crf_default": round(miou(default, everything), 2),
+        "second_half_miou": round(miou(none, second), 2),
+        "second_half_miou_crf_default": round(miou(default, second), 2),
+        "second_half_miou_crf_tuned": round(miou(tuned, second), 2),
+        "tuned_params": best_params.as_dict(), "tuned_on": f"every {tune_every}th frame of frames 0-{half - 1}",
+    }

@@ -79,6 +79,13 @@ def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int) -> np.nda
     return out
 
 
+def changed_map(image: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The image in grey with the pixels whose label changed in magenta."""
+    grey = image.mean(2, keepdims=True).repeat(3, 2) * 0.6
+    grey[before != after] = (255, 0, 200)
+    return grey.round().astype(np.uint8)
+
+
 def agreement_figure(matrix: np.ndarray, names: list[str]):
     import matplotlib
 

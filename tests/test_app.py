@@ -54,6 +54,29 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
 
 
 @needs_weights
+def test_dense_crf_in_the_comparison(frame):
+    from segviz import crf
+    from segviz.ui.compare import crf_settings
+
+    if not crf.AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    image, mask = frame
+    params = crf_settings(True, 5, 3, 3, 80, 13, 10, 0.5)
+    r = run_compare(image, "camvid", READY[:1], 0.6, gt=mask, crf=params)
+    view = r["crf"][READY[0]]
+    assert view["before"].shape == view["after"].shape == (360, 480, 3)
+    assert 0 < view["changed_share"] < 0.5  # it changes something, but not everything
+    header, rows = r["metrics"]
+    assert header[1:3] == ["mIoU", "mIoU before CRF"] and abs(rows[0][1] - rows[0][2]) < 15
+    assert r["overlays"][0][1].endswith("CRF")
+    with zipfile.ZipFile(export_card(r["view"])) as z:
+        card = json.loads(z.read("card.json"))
+    assert card["settings"]["crf"]["scale"] == 0.5 and card["metrics_before_crf"]
+    with pytest.raises(ValueError, match="iterations"):
+        crf_settings(True, 0)
+
+
+@needs_weights
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "x.png", "does not exist"),
     (lambda d: (d / "c.png").write_bytes(b"garbage") and d / "c.png", "not a readable image"),

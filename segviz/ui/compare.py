@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import viz
-from ..compare import Comparison, compare, comparison_card, get_model_set, metrics_table, overlays
+from ..compare import Comparison, compare, comparison_card, crf_views, get_model_set, metrics_table, overlays
 from ..preprocess import prepare_image, prepare_mask
 
 
@@ -43,8 +43,21 @@ def model_choices(model_set: str) -> tuple[list[str], str]:
     return ready, ("Not available: " + ", ".join(waiting)) if waiting else ""
 
 
-def run_compare(image, model_set: str, names: list[str], alpha: float, gt=None, progress=None) -> dict:
-    """Everything the Compare tab shows for one click of Run."""
+def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
+                 bilateral_srgb=13.0, bilateral_compat=10.0, scale=1.0):
+    """The CRF controls -> CRFParams (checked), or None when the CRF is off."""
+    if not enabled:
+        return None
+    from ..crf import AVAILABLE, INSTALL_HINT, CRFParams
+
+    if not AVAILABLE:
+        raise ValueError(INSTALL_HINT)
+    return CRFParams(int(iterations), float(gaussian_sxy), float(gaussian_compat), float(bilateral_sxy),
+                     float(bilateral_srgb), float(bilateral_compat), float(scale)).check()
+
+
+def run_compare(image, model_set: str, names: list[str], alpha: float, gt=None, progress=None, crf=None) -> dict:
+    """Everything the Compare tab shows for one click of Run (``crf``: CRFParams or None)."""
     prepared = prepare_image(image)
     notes = list(prepared.notes)
     labelset = get_model_set(model_set).labelset
@@ -54,8 +67,8 @@ def run_compare(image, model_set: str, names: list[str], alpha: float, gt=None, 
                             prepared.original_size)
     if not names:
         raise ValueError("select at least one architecture")
-    c = compare(prepared.image, list(names), model_set, mask, progress)
-    maps = [p.labels for p in c.predictions]
+    c = compare(prepared.image, list(names), model_set, mask, progress, crf_params=crf)
+    maps = c.shown()
     present = set(np.unique(np.stack(maps)).tolist())
     result = {
         "view": CompareView(c, notes, alpha),
@@ -64,8 +77,9 @@ def run_compare(image, model_set: str, names: list[str], alpha: float, gt=None, 
         "disagreement": viz.disagreement_image(maps),
         "agreement": viz.agreement_figure(viz.agreement_matrix(maps), c.names),
         "shares": viz.class_share_figure(viz.class_shares(maps, labelset.num_classes), c.names, labelset),
-        "errors": [(viz.error_map(p.labels, mask, labelset.ignore_index), p.name) for p in c.predictions]
-        if mask is not None else [],
+        "errors": [(viz.error_map(labels, mask, labelset.ignore_index), p.name)
+                   for p, labels in zip(c.predictions, maps)] if mask is not None else [],
+        "crf": crf_views(c, alpha),
         "metrics": metrics_table(c) if mask is not None else (["model"], []),
         "notes": notes,
     }
@@ -91,6 +105,25 @@ def export_card(view: CompareView | None) -> str:
 
 
 # ----------------------------------------------------------------------------- layout
+def crf_panel(gr) -> list:
+    """The dense CRF checkbox and its parameters (disabled, with the reason, without pydensecrf)."""
+    from ..crf import AVAILABLE, INSTALL_HINT, CRFParams
+
+    d = CRFParams()
+    with gr.Accordion("Dense CRF (DeepLab v1/v2 post-processing)", open=False):
+        if not AVAILABLE:
+            gr.Markdown(f"Unavailable: {INSTALL_HINT}.")
+        use = gr.Checkbox(False, label="Apply the dense CRF to every model", interactive=AVAILABLE, elem_id="crf-on")
+        return [use,
+                gr.Slider(1, 20, value=d.iterations, step=1, label="Iterations"),
+                gr.Slider(1, 20, value=d.gaussian_sxy, step=0.5, label="Gaussian sxy (px)"),
+                gr.Slider(0, 20, value=d.gaussian_compat, step=0.5, label="Gaussian compat"),
+                gr.Slider(5, 200, value=d.bilateral_sxy, step=5, label="Bilateral sxy (px)"),
+                gr.Slider(1, 50, value=d.bilateral_srgb, step=1, label="Bilateral srgb"),
+                gr.Slider(0, 30, value=d.bilateral_compat, step=0.5, label="Bilateral compat"),
+                gr.Slider(0.25, 1, value=d.scale, step=0.05, label="Working scale (lower is faster)")]
+
+
 def build_tab(gr, user_error):
     """The Compare tab's widgets and events. ``user_error`` turns bad input into a UI message."""
     ready, waiting = model_choices("camvid")
@@ -106,10 +139,11 @@ def build_tab(gr, user_error):
                 model_set = gr.Radio(["camvid"], value="camvid", label="Model set", elem_id="model-set")
                 names = gr.CheckboxGroup(ready, value=ready, label="Architectures", elem_id="architectures")
                 unavailable = gr.Markdown(waiting)
+                run = gr.Button("Run all", variant="primary", elem_id="run")
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
                 gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel)", file_types=[".png"],
                              type="filepath")
-                run = gr.Button("Run all", variant="primary", elem_id="run")
+                crf_controls = crf_panel(gr)
             with gr.Column(scale=2):
                 notes = gr.Markdown(elem_id="notes")
                 gallery = gr.Gallery(label="Predictions", columns=3, height="auto", object_fit="contain", format="png",
@@ -122,6 +156,11 @@ def build_tab(gr, user_error):
                         agreement = gr.Plot(label="Pairwise agreement")
                 with gr.Tab("Class shares"):
                     shares = gr.Plot(label="Pixel share per class")
+                with gr.Tab("Dense CRF"):
+                    crf_model = gr.Dropdown([], label="Model", elem_id="crf-model")
+                    crf_slider = gr.ImageSlider(label="Before / after the CRF", type="numpy", elem_id="crf-slider")
+                    crf_changed = gr.Gallery(label="Pixels the CRF changed (magenta)", columns=3, height="auto",
+                                             format="png")
                 with gr.Tab("Ground truth"):
                     errors = gr.Gallery(label="Errors: green right, red wrong, grey ignored", columns=3, height="auto", format="png")
                     metrics = gr.Dataframe(label="Per-image scores (%)", interactive=False)
@@ -129,13 +168,26 @@ def build_tab(gr, user_error):
                     export = gr.Button("Export comparison card")
                     card = gr.File(label="Comparison card (.zip)")
 
-        def on_run(image, model_set, names, alpha, gt, progress=gr.Progress()):
+        def on_run(image, model_set, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
             with user_error():
-                r = run_compare(image, model_set, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg))
+                crf = crf_settings(use_crf, *crf_values)
+                r = run_compare(image, model_set, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg),
+                                crf=crf)
             header, rows = r["metrics"]
             note = " · ".join(r["notes"])
+            crf_names = list(r["crf"])
+            first = r["crf"][crf_names[0]] if crf_names else None
+            changed = [(v["changed"], f"{n} · {v['changed_share'] * 100:.1f}% changed") for n, v in r["crf"].items()]
             return (r["view"], r["overlays"], r["legend"], note, r["disagreement"], r["agreement"], r["shares"],
-                    r["errors"], gr.Dataframe(value=rows, headers=header))
+                    r["errors"], gr.Dataframe(value=rows, headers=header),
+                    gr.Dropdown(choices=crf_names, value=crf_names[0] if crf_names else None),
+                    (first["before"], first["after"]) if first else None, changed)
+
+        def on_crf_model(view, name):
+            if view is None or not name:
+                return None
+            v = crf_views(view.comparison, view.alpha).get(name)
+            return (v["before"], v["after"]) if v else None
 
         def on_model_set(model_set):
             ready, waiting = model_choices(model_set)
@@ -145,9 +197,11 @@ def build_tab(gr, user_error):
             with user_error():
                 return export_card(view)
 
-        run.click(on_run, [image, model_set, names, alpha, gt],
-                  [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics],
+        run.click(on_run, [image, model_set, names, alpha, gt, *crf_controls],
+                  [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics, crf_model,
+                   crf_slider, crf_changed],
                   api_name="compare", concurrency_limit=1)
+        crf_model.change(on_crf_model, [view, crf_model], crf_slider, api_name=False)
         alpha.release(restyle, [view, alpha], gallery, api_name="restyle")
         model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")

@@ -1,6 +1,5 @@
 """Dilation tab: tap patterns of dilated convs, gridding of stacked rates, and a model's own
 ASPP / context / pyramid branches drawn on the image. Handlers are plain functions."""
-from __future__ import annotations
 
 from .. import viz
 from ..dilation import holes, model_branches, stacked_coverage

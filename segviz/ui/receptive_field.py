@@ -1,6 +1,5 @@
 """Receptive field tab: click a pixel, see each model's theoretical field (box) and effective
 field (gradient heatmap). Handlers are plain functions; only ``build_tab`` touches gradio."""
-from __future__ import annotations
 
 import functools
 
