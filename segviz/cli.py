@@ -109,9 +109,16 @@ def cmd_eval(args) -> int:
 def cmd_weights(args) -> int:
     from .weights import read_manifest
 
+    if args.action == "download":
+        from . import voc
+
+        path = voc.fetch(voc.get(args.model), url=args.url)
+        print(f"{args.model}: {path}")
+        return 0
     if args.action == "bundle":
         from .bundle import bundle
 
+        args.model = args.model_opt or args.model
         entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data)
         print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...")
         return 0
@@ -120,6 +127,10 @@ def cmd_weights(args) -> int:
         print(f"{name:32} val mIoU {e['val_miou']:6.2f}  {e['file']}  sha256 {e['sha256'][:12]}...")
     if not models:
         print("no bundled weights")
+    from . import voc
+
+    for m in voc.catalogue():
+        print(f"{m.name:32} {voc.find(m) or voc.missing_reason(m)}")
     return 0
 
 
@@ -205,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
-    w.add_argument("action", choices=["list", "bundle"])
-    w.add_argument("--model", help="with bundle: the registry name")
+    w.add_argument("action", choices=["list", "bundle", "download"])
+    w.add_argument("model", nargs="?", help="download: a VOC model (coral-deeplabv3-voc, tv-deeplabv3_resnet50, ...)")
+    w.add_argument("--model", dest="model_opt", help="bundle: the registry name")
+    w.add_argument("--url", default=None, help="download: a mirror URL of the file")
     w.add_argument("--run", default=None, help="with bundle: the run folder (default runs/MODEL)")
     w.add_argument("--data", default=None)
     w.set_defaults(func=cmd_weights)

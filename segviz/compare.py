@@ -1,6 +1,7 @@
 """Run several models on one image and compare them: the engine behind the Compare tab."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -10,12 +11,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 from . import registry, viz
-from .data.palettes import CAMVID, LabelSet
+from .data.palettes import CAMVID, VOC, LabelSet
 from .metrics import confusion_matrix, scores
-from .weights import WeightsError, read_manifest
+from .weights import WeightsError, read_manifest, sha256_file
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,39 @@ class CamVidModels(ModelSet):
         return read_manifest().get(name, {}).get("sha256")
 
 
+class VOCModels(ModelSet):
+    """Real PASCAL VOC models: Coral's DeepLab v3 ports (offline) and torchvision's (download)."""
+
+    def models(self):
+        from . import voc
+
+        return [(m.name, voc.missing_reason(m)) for m in voc.catalogue()]
+
+    def load(self, name, device=None):
+        return _load_voc(name, device)
+
+    def weights_sha256(self, name):
+        from . import voc
+
+        m = voc.get(name)
+        if m.source == "coral":
+            return m.sha256
+        path = voc.find(m)
+        return sha256_file(path) if path else None
+
+
+@functools.lru_cache(maxsize=8)
+def _load_voc(name: str, device: str | None = None):
+    from . import voc
+    from .inference import default_device
+
+    dev = torch.device(device) if device else default_device()
+    return voc.load(voc.get(name)).to(dev, memory_format=torch.channels_last).eval()
+
+
 MODEL_SETS: dict[str, ModelSet] = {
     "camvid": CamVidModels("camvid", CAMVID, "CamVid street scenes (11 classes), trained here"),
+    "voc": VOCModels("voc", VOC, "PASCAL VOC (21 classes): Coral's DeepLab v3 ports and torchvision's models"),
 }
 
 

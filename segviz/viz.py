@@ -146,13 +146,22 @@ def titled_grid(images: list[np.ndarray], titles: list[str], columns: int = 4) -
 
 
 # --------------------------------------------------------------------------- receptive fields
+def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D array (edges replicated)."""
+    r = max(1, int(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    h, w = a.shape
+    p = np.pad(a, r, mode="edge")
+    v = sum(k[i] * p[i:i + h, :] for i in range(2 * r + 1))
+    return sum(k[i] * v[:, i:i + w] for i in range(2 * r + 1))
+
+
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, gamma: float = 0.4, cmap: str = "inferno") -> np.ndarray:
     """A dimmed image under a heatmap; ``gamma`` < 1 lifts the weak tails (gradients fall off fast)."""
     import matplotlib
-    from PIL import ImageFilter
 
-    # Per-pixel gradients are speckled: a 2 px blur makes the field's shape readable.
-    heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").filter(ImageFilter.GaussianBlur(2)))
+    heat = gaussian_blur(heat.astype(np.float32), 2.0)  # per-pixel gradients are speckled
     h = np.clip(heat / max(float(heat.max()), 1e-12), 0, 1) ** gamma
     colours = matplotlib.colormaps[cmap](h)[..., :3] * 255
     a = np.clip(h * 1.2, 0, 0.9)[..., None]

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import PROJECT_ROOT
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
@@ -42,7 +44,7 @@ def load_safetensors(model: torch.nn.Module, path: str | os.PathLike) -> torch.n
 
 
 # --------------------------------------------------------------------------- bundled weights
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = PROJECT_ROOT / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import SHARED_DIR
 from .palettes import CAMVID
 
-SHARED_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "camvid"
+SHARED_ROOT = SHARED_DIR / "datasets" / "camvid"
 
 
 def default_root(root: str | os.PathLike | None = None) -> Path:

@@ -136,7 +136,8 @@ def build_tab(gr, user_error):
                 examples = example_images()
                 if examples:
                     gr.Examples(examples, inputs=image, label="CamVid val frames")
-                model_set = gr.Radio(["camvid"], value="camvid", label="Model set", elem_id="model-set")
+                model_set = gr.Radio([("CamVid (trained here)", "camvid"), ("PASCAL VOC", "voc")], value="camvid",
+                                     label="Model set", elem_id="model-set")
                 names = gr.CheckboxGroup(ready, value=ready, label="Architectures", elem_id="architectures")
                 unavailable = gr.Markdown(waiting)
                 run = gr.Button("Run all", variant="primary", elem_id="run")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import registry
+from .. import PROJECT_ROOT, registry
 from ..weights import read_manifest
 
-BENCH_FILE = Path(__file__).resolve().parents[2] / "assets" / "bench.json"
+BENCH_FILE = PROJECT_ROOT / "assets" / "bench.json"
 
 HEADERS = ["model", "paper", "year", "arXiv", "key idea", "VOC12 test mIoU (review)", "params (M)",
            "CamVid val mIoU (ours)", "latency 360x480 CPU (ms)"]

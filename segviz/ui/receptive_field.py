@@ -72,6 +72,8 @@ def build_tab(gr, user_error):
                 if examples:
                     gr.Examples(examples[:3], inputs=image)
                 where = gr.Markdown("Pixel: (y=180, x=240)")
+                model_set = gr.Radio([("CamVid (trained here)", "camvid"), ("PASCAL VOC", "voc")], value="camvid",
+                                     label="Model set")
                 names = gr.CheckboxGroup(ready, value=ready, label="Models", elem_id="rf-models")
                 cls = gr.Dropdown(["predicted"] + list(get_model_set("camvid").labelset.classes), value="predicted",
                                   label="Class whose logit is differentiated")
@@ -86,12 +88,18 @@ def build_tab(gr, user_error):
             x, y = evt.index
             return (y, x), f"Pixel: (y={y}, x={x})"
 
-        def on_run(image, pixel, names, cls, random, progress=gr.Progress()):
+        def on_run(image, pixel, model_set, names, cls, random, progress=gr.Progress()):
             with user_error():
-                tiles, rows, _ = erf_grid(image, tuple(pixel), names, "camvid", cls, 4 if random else 0,
+                tiles, rows, _ = erf_grid(image, tuple(pixel), names, model_set, cls, 4 if random else 0,
                                           progress=lambda f, m: progress(f, desc=m))
             return tiles, rows
 
+        def on_model_set(model_set):
+            ready, _ = model_choices(model_set)
+            classes = ["predicted"] + list(get_model_set(model_set).labelset.classes)
+            return gr.CheckboxGroup(choices=ready, value=ready[:4]), gr.Dropdown(choices=classes, value="predicted")
+
         image.select(on_select, None, [pixel, where])
-        run.click(on_run, [image, pixel, names, cls, random], [grid, table], api_name="receptive_field",
+        run.click(on_run, [image, pixel, model_set, names, cls, random], [grid, table], api_name="receptive_field",
                   concurrency_limit=1)
+        model_set.change(on_model_set, model_set, [names, cls], api_name=False)

@@ -1,0 +1,156 @@
+"""The PASCAL VOC model set: real models trained on VOC's 21 classes by others.
+
+- ``coral-deeplabv3-voc`` / ``coral-deeplabv3-dm05-voc``: Coral's DeepLab v3 MobileNetV2
+  TFLite models, ported to PyTorch (segviz.models.tflite_port). Offline: found in
+  ``../shared/models/coral``, in ``weights/``, or in the user cache
+  (``python -m segviz weights download coral-deeplabv3-voc`` puts them there).
+- ``tv-*``: torchvision's segmentation models with their COCO_WITH_VOC_LABELS weights,
+  downloaded on demand into torch's usual cache; offline they say so in one line.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import SHARED_DIR
+from .weights import WEIGHTS_DIR, WeightsError, download, sha256_file
+
+CORAL_URL = "https://raw.githubusercontent.com/google-coral/test_data/master/"
+SHARED_CORAL = SHARED_DIR / "models" / "coral"
+BUNDLED_DIR = WEIGHTS_DIR
+
+
+def user_cache() -> Path:
+    return Path(os.environ.get("SEGVIZ_CACHE", Path.home() / ".cache" / "segviz"))
+
+
+@dataclass(frozen=True)
+class VOCModel:
+    name: str
+    title: str
+    arch: str  # registry-style architecture family, for the UI
+    file: str  # file name at its public home
+    sha256: str  # full sha256 (Coral) or the 8-hex prefix torchvision puts in its file names
+    url: str
+    source: str  # "coral" or "torchvision"
+    builder: str = ""  # torchvision builder name
+    note: str = ""
+
+
+CORAL = [
+    VOCModel("coral-deeplabv3-voc", "DeepLab v3 MobileNetV2 (Coral, int8)", "deeplabv3",
+             "deeplabv3_mnv2_pascal_quant.tflite",
+             "350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398",
+             CORAL_URL + "deeplabv3_mnv2_pascal_quant.tflite", "coral"),
+    VOCModel("coral-deeplabv3-dm05-voc", "DeepLab v3 MobileNetV2 x0.5 (Coral, int8)", "deeplabv3",
+             "deeplabv3_mnv2_dm05_pascal_quant.tflite",
+             "0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861366d48b",
+             CORAL_URL + "deeplabv3_mnv2_dm05_pascal_quant.tflite", "coral"),
+]
+
+
+def _torchvision_models() -> list[VOCModel]:
+    out = []
+    for builder, weights, arch, title in (
+            ("fcn_resnet50", "FCN_ResNet50_Weights", "fcn8s", "FCN ResNet-50"),
+            ("fcn_resnet101", "FCN_ResNet101_Weights", "fcn8s", "FCN ResNet-101"),
+            ("deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights", "deeplabv3", "DeepLab v3 ResNet-50"),
+            ("deeplabv3_resnet101", "DeepLabV3_ResNet101_Weights", "deeplabv3", "DeepLab v3 ResNet-101"),
+            ("deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights", "deeplabv3",
+             "DeepLab v3 MobileNetV3-Large"),
+            ("lraspp_mobilenet_v3_large", "LRASPP_MobileNet_V3_Large_Weights", "lraspp", "LR-ASPP MobileNetV3-Large")):
+        import torchvision
+
+        w = torchvision.models.get_weight(f"{weights}.COCO_WITH_VOC_LABELS_V1")
+        file = w.url.rsplit("/", 1)[1]
+        out.append(VOCModel(f"tv-{builder}", f"{title} (torchvision)", arch, file, file.rsplit("-", 1)[1][:-4], w.url,
+                            "torchvision", builder, f"COCO-val VOC-labels mIoU {w.meta['_metrics']['COCO-val2017-VOC-labels']['miou']}"))
+    return out
+
+
+def catalogue() -> list[VOCModel]:
+    return CORAL + _torchvision_models()
+
+
+def get(name: str) -> VOCModel:
+    models = {m.name: m for m in catalogue()}
+    if name not in models:
+        raise WeightsError(f"unknown VOC model {name!r}; choose one of: {', '.join(models)}")
+    return models[name]
+
+
+def torch_cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def locations(m: VOCModel) -> list[Path]:
+    if m.source == "coral":
+        return [SHARED_CORAL / m.file, BUNDLED_DIR / m.file, user_cache() / m.file]
+    return [torch_cache_dir() / m.file]
+
+
+def find(m: VOCModel) -> Path | None:
+    return next((p for p in locations(m) if p.exists()), None)
+
+
+def missing_reason(m: VOCModel) -> str | None:
+    """None when the model can run; otherwise one line saying how to get it."""
+    if find(m) is None:
+        return f"needs a download: python -m segviz weights download {m.name}"
+    return None
+
+
+def fetch(m: VOCModel, url: str | None = None, dest_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Download ``m`` (from ``url`` if given: a mirror) with progress and a hash check."""
+    url = url or m.url
+    dest = Path(dest_dir) if dest_dir else (user_cache() if m.source == "coral" else torch_cache_dir())
+    name = url.rsplit("/", 1)[1]
+    if m.source == "coral":
+        return download(url, dest / name, sha256=m.sha256, progress=progress)
+    # torchvision names its files <name>-<first 8 hex of sha256>.pth; check what arrives against that
+    expected = name.rsplit("-", 1)[1].split(".")[0]
+    path = download(url, dest / name, progress=progress)
+    digest = sha256_file(path)
+    if not digest.startswith(expected):
+        path.unlink()
+        raise WeightsError(f"{url} arrived with sha256 {digest[:12]}..., but its name says {expected}: deleted it")
+    return path
+
+
+class _Normalized(torch.nn.Module):
+    """torchvision's segmentation models with segviz's ``normalize`` (ImageNet statistics)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images):
+        return (images - self.mean) / self.std
+
+    def forward(self, x):
+        return {"out": self.net(x)["out"]}
+
+
+def load(m: VOCModel, path: str | os.PathLike | None = None) -> torch.nn.Module:
+    path = Path(path) if path else find(m)
+    if path is None or not path.exists():
+        raise WeightsError(f"{m.name} is not on this machine; get it with: python -m segviz weights download {m.name}")
+    if m.source == "coral":
+        if sha256_file(path) != m.sha256:
+            raise WeightsError(f"{path} is not the published {m.file} (sha256 differs); delete it and download again")
+        from .models.tflite_port import TFLiteGraph
+
+        return TFLiteGraph(path)
+    import torchvision
+
+    builder = getattr(torchvision.models.segmentation, m.builder)
+    extra = {} if m.builder.startswith("lraspp") else {"aux_loss": True}  # the COCO checkpoints carry the aux head
+    net = builder(weights=None, weights_backbone=None, num_classes=21, **extra)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return _Normalized(net)
