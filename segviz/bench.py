@@ -92,3 +92,22 @@ def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int 
     return {"size": list(size), "labels": labels, "iterations": iterations, "runs": runs,
             "raw_pydensecrf_ms": round(raw_s * 1000, 1), "segviz_dense_crf_ms": round(ours_s * 1000, 1),
             "overhead": round(ours_s / raw_s - 1, 4)}
+
+
+def bench_erf(image, pixel=(180, 240), model_set: str = "camvid", runs: int = 3) -> dict:
+    """Time the Receptive field tab's work for every ready model at one pixel: the first call
+    (loads models, traces the theoretical fields) and the median of warm calls (gradients only)."""
+    from .ui.compare import model_choices
+    from .ui.receptive_field import erf_grid
+
+    names, _ = model_choices(model_set)
+    t = time.perf_counter()
+    erf_grid(image, pixel, names, model_set)
+    first = time.perf_counter() - t
+    warm = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        erf_grid(image, pixel, names, model_set)
+        warm.append(time.perf_counter() - t)
+    return {"models": names, "pixel": list(pixel), "threads": torch.get_num_threads(),
+            "first_call_s": round(first, 2), "warm_median_s": round(statistics.median(warm), 2)}

@@ -65,6 +65,16 @@ def cmd_bench(args) -> int:
               f"iterations: raw pydensecrf {result['raw_pydensecrf_ms']} ms, segviz {result['segviz_dense_crf_ms']} ms "
               f"({result['overhead'] * 100:+.1f}%)")
         return 0
+    if args.erf:
+        from .bench import bench_erf
+        from .data.camvid import default_root, read_split
+
+        image = args.image or str(read_split(default_root(args.data), "val")[0][0])
+        result = bench_erf(image, runs=args.runs)
+        print(json.dumps(result, indent=1) if args.json else
+              f"ERF grid of {len(result['models'])} models at one pixel: first call {result['first_call_s']} s, "
+              f"warm {result['warm_median_s']} s ({result['threads']} threads)")
+        return 0
     names = args.models or [s.name for s in list_models(compact=None if args.all else True)]
     if not args.json:
         print(f"{'model':32} {'ms':>8} {'x ref':>7}")
@@ -173,6 +183,44 @@ def cmd_crf_tune(args) -> int:
     return 0
 
 
+# CamVid test mIoU (11 classes) that the papers or the review report, for the README's table.
+PAPER_CAMVID = {"segnet": "46.4 (55.6 journal)", "fcn8s": "57.0", "deeplabv1": "61.6 (LargeFOV)", "dilation8": "65.3"}
+
+
+def cmd_report(args) -> int:
+    """Markdown tables for the README from the manifest, assets/bench.json and assets/crf.json."""
+    from . import PROJECT_ROOT
+    from .registry import get_spec
+    from .weights import read_manifest
+
+    manifest = read_manifest()
+    print("| model | val mIoU | pixel acc | class acc | params | best epoch | train time | paper (CamVid test) | VOC12 (review) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, e in manifest.items():
+        spec = get_spec(name)
+        print(f"| {name} | {e['val_miou']:.2f} | {e['val_pixel_acc']:.1f} | {e['val_class_acc']:.1f} | "
+              f"{e['num_params'] / 1e6:.2f}M | {e['best_epoch']}/{e['recipe']['epochs']} | {e['train_seconds'] / 60:.0f} min | "
+              f"{PAPER_CAMVID.get(spec.arch, '-')} | {spec.voc12_miou or '-'} |")
+    bench_file = PROJECT_ROOT / "assets" / "bench.json"
+    if bench_file.exists():
+        b = json.loads(bench_file.read_text())
+        print(f"\n| model | ms ({b['size'][0]}x{b['size'][1]}, {b['threads']} threads) | x reference |\n|---|---|---|")
+        for r in b["models"]:
+            print(f"| {r['name']} | {r['ms']:.1f} | {r['ratio']:.3f} |")
+        print(f"| reference: {b['reference']['name']} | {b['reference']['ms']:.1f} | 1.000 |")
+        print(f"| **sum of compact models** | {b['compact_sum_ms']:.1f} | {b['compact_sum_ratio']:.3f} |")
+    crf_file = PROJECT_ROOT / "assets" / "crf.json"
+    if crf_file.exists():
+        print("\n| model | val mIoU | + CRF (default) | 2nd half | + CRF default | + CRF tuned | tuned (sxy, srgb, compat) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in json.loads(crf_file.read_text()):
+            t = r["tuned_params"]
+            print(f"| {r['model']} | {r['val_miou']:.2f} | {r['val_miou_crf_default']:.2f} | {r['second_half_miou']:.2f} "
+                  f"| {r['second_half_miou_crf_default']:.2f} | {r['second_half_miou_crf_tuned']:.2f} | "
+                  f"{t['bilateral_sxy']:g}, {t['bilateral_srgb']:g}, {t['bilateral_compat']:g} |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segviz", description="Compare classic semantic segmentation networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -240,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one line of JSON")
     c.set_defaults(func=cmd_crf_tune)
 
+    rp = sub.add_parser("report", help="print the README's result tables (manifest, bench, CRF study)")
+    rp.set_defaults(func=cmd_report)
+
     b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")
     b.add_argument("--size", type=_size, default=(360, 480))
     b.add_argument("--models", nargs="*", default=None, help="default: every compact model")
@@ -249,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--crf", action="store_true", help="time the dense CRF wrapper against raw pydensecrf instead")
+    b.add_argument("--erf", action="store_true", help="time the effective-receptive-field grid instead")
+    b.add_argument("--image", default=None, help="with --erf: the image (default: the first CamVid val frame)")
+    b.add_argument("--data", default=None)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p
