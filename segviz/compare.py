@@ -17,7 +17,7 @@ from PIL import Image
 from . import registry, viz
 from .data.palettes import CAMVID, VOC, LabelSet
 from .metrics import confusion_matrix, scores
-from .weights import WeightsError, read_manifest, sha256_file
+from .weights import read_manifest, sha256_file
 
 
 @dataclass(frozen=True)
@@ -266,6 +266,3 @@ def _png(array: np.ndarray) -> bytes:
     Image.fromarray(array).save(out, format="PNG")
     return out.getvalue()
 
-
-__all__ = ["MODEL_SETS", "ModelSet", "Comparison", "compare", "overlays", "comparison_card", "metrics_table",
-           "WeightsError"]

@@ -100,6 +100,20 @@ def test_bad_masks_and_selections(frame, tmp_path):
         run_compare(image, "imagenet", READY[:1], 0.5)
 
 
+def test_models_tab_lists_every_architecture_with_its_numbers():
+    from segviz.registry import list_models
+    from segviz.ui.models import models_html, model_rows
+
+    rows = {r[0]: r for r in model_rows()}
+    assert set(rows) == {s.name for s in list_models(compact=True)}
+    manifest = read_manifest()
+    for name, row in rows.items():
+        assert row[7] == manifest.get(name, {}).get("val_miou", "not trained yet")
+    assert rows["fcn8s_efficientnet_lite0"][5] == 62.2 and rows["deeplabv3_efficientnet_lite0"][5] == 85.7
+    html = models_html()
+    assert 'href="https://arxiv.org/abs/1706.05587"' in html and html.count("<tr>") == len(rows) + 1
+
+
 # --------------------------------------------------------------------------- a live server
 def _free_port() -> int:
     with socket.socket() as s:
