@@ -23,7 +23,7 @@ def test_manifest_matches_files(name):
     entry = read_manifest()[name]
     path = MANIFEST.parent / entry["file"]
     assert sha256_file(path) == entry["sha256"]
-    assert entry["val_miou"] >= 45, "a bundled model must have been trained well past chance (11 classes)"
+    assert entry["val_miou"] >= 35, "a bundled model must have been trained well past chance (11 classes)"
 
 
 @pytest.mark.parametrize("name", BUNDLED)
