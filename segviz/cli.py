@@ -85,8 +85,10 @@ def cmd_bench(args) -> int:
     else:
         ref = result["reference"]
         print(f"{'reference: ' + ref['name']:32} {ref['ms']:8.1f}   1.000")
+        print(f"{'reference, channels_last':32} {result['reference_channels_last']['ms']:8.1f}")
         print(f"sum of compact models: {result['compact_sum_ms']:.1f} ms = {result['compact_sum_ratio']:.3f} x reference "
-              f"({result['size'][0]}x{result['size'][1]}, {result['threads']} threads, {result['device']})")
+              f"({result['compact_sum_ratio_channels_last']:.3f} x the channels_last reference; "
+              f"{result['size'][0]}x{result['size'][1]}, {result['threads']} threads, {result['device']})")
     return 0
 
 
@@ -208,7 +210,10 @@ def cmd_report(args) -> int:
         for r in b["models"]:
             print(f"| {r['name']} | {r['ms']:.1f} | {r['ratio']:.3f} |")
         print(f"| reference: {b['reference']['name']} | {b['reference']['ms']:.1f} | 1.000 |")
-        print(f"| **sum of compact models** | {b['compact_sum_ms']:.1f} | {b['compact_sum_ratio']:.3f} |")
+        cl = b["reference_channels_last"]["ms"]
+        print(f"| the same reference, channels_last | {cl:.1f} | {cl / b['reference']['ms']:.3f} |")
+        print(f"| **sum of compact models** | {b['compact_sum_ms']:.1f} | {b['compact_sum_ratio']:.3f} "
+              f"({b['compact_sum_ratio_channels_last']:.3f} x channels_last) |")
     crf_file = PROJECT_ROOT / "assets" / "crf.json"
     if crf_file.exists():
         print("\n| model | val mIoU | + CRF (default) | 2nd half | + CRF default | + CRF tuned | tuned (sxy, srgb, compat) |")

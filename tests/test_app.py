@@ -181,6 +181,10 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         page.wait_for_function(f"document.querySelectorAll('#overlays .thumbnail-item img').length == {len(READY)}",
                                timeout=300_000)
         seconds = time.time() - start
+        # The gallery lazy-loads its images: load them all before reading and photographing the page.
+        page.eval_on_selector_all("img", "els => els.forEach(e => { e.loading = 'eager'; })")
+        page.wait_for_function("[...document.querySelectorAll('#overlays img, #disagreement img')]"
+                               ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
         alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
         assert [a.split(" · ")[0] for a in alts] == READY
         legend = page.eval_on_selector_all("#legend .segviz-legend-item", "els => els.map(e => e.dataset.class)")
