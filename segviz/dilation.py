@@ -85,9 +85,3 @@ def model_branches(name: str) -> list[Branch]:
     if spec.arch == "pspnet":
         return [Branch(f"{b}x{b} bins", 0, model.backbone.output_stride, bins=b) for b in model.ppm.bins]
     raise ValueError(f"{name} has no dilated or pyramid branches; try a DeepLab, Dilation8 or PSPNet model")
-
-
-def has_branches(name: str) -> bool:
-    if name.startswith(("coral-", "tv-deeplabv3_")):
-        return True
-    return registry.get_spec(name).arch in ("deeplabv1", "deeplabv2", "deeplabv3", "dilation8", "pspnet")
