@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from segviz.train import Recipe, augment, lr_factor, train
+from segviz.train import Recipe, augment, schedule, train
 
 MODEL = "fcn32s_efficientnet_lite0"
 
@@ -31,30 +31,109 @@ def test_augment_keeps_image_and_label_aligned():
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(99, 100, 10) < 0.01
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = schedule(opt, total=100, warmup=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 0.01
+    # cosine: halfway through the decay the rate is half the peak
+    assert lrs[9 + 45] == pytest.approx(0.5, abs=0.02)
+
+
+def test_photometric_jitter_changes_colours_but_not_labels():
+    import numpy as np
+
+    image = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    label = np.random.default_rng(2).integers(0, 11, (60, 80), dtype=np.uint8)
+    plain = Recipe(model=MODEL, crop=(60, 80), scale=(1.0, 1.0))
+    jitter = Recipe(model=MODEL, crop=(60, 80), scale=(1.0, 1.0), photometric=1.0)
+    a_img, a_lab = augment(image, label, plain, np.random.default_rng(0), ignore=11)
+    b_img, b_lab = augment(image, label, jitter, np.random.default_rng(0), ignore=11)
+    assert torch.equal(a_lab, b_lab) and not torch.allclose(a_img, b_img)
+    assert 0 <= b_img.min() and b_img.max() <= 1
+
+
+def test_recipe_rejects_nonsense():
+    for bad in (dict(eval_every=0), dict(epochs=0), dict(scale=(1.0, 0.5)), dict(ema=1.0),
+                dict(val_split=None, select="best")):
+        with pytest.raises(ValueError):
+            Recipe(model=MODEL, **bad)
 
 
 def test_train_steps_log_and_resume(camvid_root, tmp_path):
     recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), eval_every=1)
-    first = train(recipe, data=camvid_root, out=tmp_path, max_steps=2, limit=4, progress=False)
+    first = train(recipe, data=camvid_root, out=tmp_path, limit=4, progress=False, workers=0)
     run = tmp_path / MODEL
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().split("\n") if line]
-    assert log[0]["epoch"] == 1 and "val_miou" in log[0] and first.best["miou"] >= 0
-    assert (run / "best.safetensors").exists() and (run / "last.pt").exists()
-    # Resume: picks up after epoch 1 and finishes epoch 2.
-    second = train(recipe, data=camvid_root, out=tmp_path, resume=True, limit=4, progress=False)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().split("\n") if line]
-    assert [r["epoch"] for r in log] == [1, 2]
-    assert second.best["epoch"] in (1, 2)
+    assert [r["epoch"] for r in log] == [1, 2] and "val_miou" in log[0] and first.best["miou"] >= 0
+    assert (run / "best.safetensors").exists() and (run / "last.pt").exists() and first.steps == 4
+    with pytest.raises(ValueError, match="another recipe.*lr"):
+        train(Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), lr=0.5), data=camvid_root, out=tmp_path,
+              resume=True, limit=4, progress=False)
+
+
+def test_max_steps_inside_an_epoch_resumes_at_that_step(camvid_root, tmp_path):
+    """Stopping after 3 of 4 steps and resuming equals running 4 steps straight: same data, same weights."""
+    recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), photometric=0.5, val_split=None, select="last")
+    straight = train(recipe, data=camvid_root, out=tmp_path / "a", limit=4, progress=False, workers=0)
+    part = train(recipe, data=camvid_root, out=tmp_path / "b", limit=4, progress=False, workers=0, max_steps=3)
+    log = tmp_path / "b" / MODEL / "log.jsonl"
+    assert part.steps == 3 and [json.loads(l)["epoch"] for l in log.read_text().split("\n") if l] == [1]
+    resumed = train(recipe, data=camvid_root, out=tmp_path / "b", limit=4, progress=False, workers=1, resume=True)
+    assert resumed.steps == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_sigkill_mid_epoch_then_resume_takes_the_same_steps(camvid_root, tmp_path):
+    """A run killed with SIGKILL right after a mid-epoch checkpoint, resumed, ends with the weights of
+    an uninterrupted run (same seed, one process)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "segviz", "train", "--model", MODEL, "--data", str(camvid_root), "--epochs", "1",
+            "--batch-size", "2", "--size", "64x96", "--train-split", "seq:0001TP", "--val-split", "none",
+            "--checkpoint-every", "2", "--workers", "0", "--max-steps", "8"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(args + ["--out", str(tmp_path / "straight")], cwd=root, env=env, check=True, capture_output=True)
+    killed = subprocess.Popen(args + ["--out", str(tmp_path / "killed")], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / MODEL / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait for a mid-epoch checkpoint (step 4 or later), then kill
+        if ckpt.exists():
+            try:
+                if torch.load(ckpt, weights_only=True)["step"] >= 4:
+                    break
+            except Exception:  # noqa: BLE001 - caught between write and rename: look again
+                pass
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 4 <= step < 8
+    subprocess.run(args + ["--out", str(tmp_path / "killed"), "--resume"], cwd=root, env=env, check=True,
+                   capture_output=True)
+    a = torch.load(tmp_path / "straight" / MODEL / "last.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5), k
 
 
 def _worker(rank, world, port, data, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     recipe = Recipe(model=MODEL, epochs=1, batch_size=2, crop=(64, 96), eval_every=1)
-    result = train(recipe, data=data, out=out, max_steps=3, limit=8, progress=False, device="cpu")
+    result = train(recipe, data=data, out=out, max_steps=3, limit=8, progress=False, device="cpu", workers=0)
     torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 

@@ -2,6 +2,16 @@
 
 Labels 0-10 are the classes of :data:`segviz.data.palettes.CAMVID`; 11 (Unlabelled) is ignored.
 Any folder in that layout works, so users can evaluate on their own split.
+
+Splits by sequence. Each file name starts with its video sequence (``0001TP``, ``0006R0``,
+``0016E5``, ``Seq05VD``). The released val split is 101 frames of 0016E5 while 204 train
+frames come from the same drive, interleaved with them: near-duplicates sit on both sides, and
+val overstates quality on frames from a drive the model never saw. A *split spec* says which
+frames to use:
+
+- ``train``, ``val``, ``test``: the released lists; ``trainval``: train + val;
+- ``seq:0006R0``: every train+val frame of that sequence (held out);
+- ``noseq:0006R0``: every train+val frame of the other sequences (train on these).
 """
 from __future__ import annotations
 
@@ -12,7 +22,12 @@ import numpy as np
 from PIL import Image
 
 from .. import SHARED_DIR
+from ..records import Dataset
 from .palettes import CAMVID
+
+# 11-class mIoU on the 233-frame CamVid test split, as the papers (or their journal versions) report it.
+DATASET = Dataset("camvid", "CamVid street scenes (11 classes), trained here", CAMVID, published={
+    "segnet": "46.4 (55.6 journal)", "fcn8s": "57.0", "deeplabv1": "61.6 (LargeFOV)", "dilation8": "65.3"})
 
 SHARED_ROOT = SHARED_DIR / "datasets" / "camvid"
 
@@ -29,6 +44,28 @@ def default_root(root: str | os.PathLike | None = None) -> Path:
                                         f"get one with: python -m segviz data camvid --dest {path}")
     raise FileNotFoundError("no CamVid data found: pass --data DIR, set SEGVIZ_DATA, or run "
                             "python -m segviz data camvid --dest DIR")
+
+
+def sequence_of(path: str | os.PathLike) -> str:
+    """The video sequence a CamVid frame comes from: its file name up to the first ``_``."""
+    return Path(path).name.split("_")[0]
+
+
+def resolve_split(root: Path, spec: str) -> list[tuple[Path, Path]]:
+    """The (image, label) pairs of a split spec (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("seq", "noseq"):
+        pairs = resolve_split(root, "trainval")
+        known = sorted({sequence_of(i) for i, _ in pairs})
+        wanted = set(arg.split(","))
+        if not arg or not wanted <= set(known):
+            raise ValueError(f"split {spec!r}: unknown sequence; {root} has {', '.join(known)}")
+        return [p for p in pairs if (sequence_of(p[0]) in wanted) == (kind == "seq")]
+    if arg:
+        raise ValueError(f"unknown split {spec!r}; use train, val, test, trainval, seq:SEQUENCE or noseq:SEQUENCE")
+    if spec == "trainval":
+        return read_split(root, "train") + read_split(root, "val")
+    return read_split(root, spec)
 
 
 def read_split(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -52,7 +89,7 @@ class CamVid:
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None):
         self.root = default_root(root)
         self.split = split
-        self.pairs = read_split(self.root, split)[:limit]
+        self.pairs = resolve_split(self.root, split)[:limit]
         self.images = [np.asarray(Image.open(i).convert("RGB")) for i, _ in self.pairs]
         self.targets = [np.asarray(Image.open(t)) for _, t in self.pairs]
         for (i, _), img, tgt in zip(self.pairs, self.images, self.targets):
@@ -61,6 +98,12 @@ class CamVid:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def sequences(self) -> dict[str, int]:
+        """Frames per video sequence."""
+        from collections import Counter
+
+        return dict(sorted(Counter(sequence_of(i) for i, _ in self.pairs).items()))
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.images[i], self.targets[i]
