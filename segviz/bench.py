@@ -12,7 +12,12 @@ import time
 
 import torch
 
-from . import registry
+from . import records, registry
+
+
+def trained_networks() -> list[str]:
+    """The registry keys of every model trained here (the records' networks), in the review's order."""
+    return list(dict.fromkeys(r.network for r in records.all_records() if r.trained_here))
 
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int = 2, runs: int = 5) -> float:
@@ -54,7 +59,10 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
         rows.append({"name": name, "compact": spec.compact, "ms": round(s * 1000, 1), "ratio": round(s / ref_s, 3)})
         if progress:
             progress(rows[-1])
-    compact = sum(r["ms"] for r in rows if r["compact"])
+    trained = set(trained_networks())
+    for r in rows:
+        r["trained"] = r["name"] in trained
+    compact = sum(r["ms"] for r in rows if r["compact"] and r["trained"])
     return {"size": list(size), "device": str(dev), "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
             "reference": {"name": "torchvision deeplabv3_resnet50 (random weights)", "ms": round(ref_s * 1000, 1)},
             "reference_channels_last": {"ms": round(ref_cl_s * 1000, 1)},
@@ -102,17 +110,16 @@ def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int 
 def bench_erf(image, pixel=(180, 240), model_set: str = "camvid", runs: int = 3) -> dict:
     """Time the Receptive field tab's work for every ready model at one pixel: the first call
     (loads models, traces the theoretical fields) and the median of warm calls (gradients only)."""
-    from .ui.compare import model_choices
     from .ui.receptive_field import erf_grid
 
-    names, _ = model_choices(model_set)
+    names = [r.name for r in records.records(model_set) if r.missing() is None]
     t = time.perf_counter()
-    erf_grid(image, pixel, names, model_set)
+    erf_grid(image, pixel, names)
     first = time.perf_counter() - t
     warm = []
     for _ in range(runs):
         t = time.perf_counter()
-        erf_grid(image, pixel, names, model_set)
+        erf_grid(image, pixel, names)
         warm.append(time.perf_counter() - t)
     return {"models": names, "pixel": list(pixel), "threads": torch.get_num_threads(),
             "first_call_s": round(first, 2), "warm_median_s": round(statistics.median(warm), 2)}

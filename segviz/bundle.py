@@ -22,16 +22,21 @@ def val_subset(data=None) -> CamVid:
     return ds
 
 
-def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike = MANIFEST) -> dict:
+def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike = MANIFEST,
+           heldout: dict | None = None) -> dict:
+    """Bundle the run in ``run_dir`` (a CamVid run of registry model ``name``) as record
+    ``<name>.camvid``. ``heldout``: the sequence-held-out validation of the same recipe
+    (``{"split": "seq:0006R0", "miou": ..., ...}``), recorded beside the val numbers."""
     run_dir, manifest = Path(run_dir), Path(manifest)
+    record = f"{name}.camvid"
     recipe = json.loads((run_dir / "recipe.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().split("\n") if line.strip()]
     val = CamVid(data, "val")
     model = registry.build(name, num_classes=val.labels.num_classes)
     load_safetensors(model, run_dir / "best.safetensors")
     full = evaluate(model, val)
-    out = manifest.parent / f"{name}.safetensors"
-    meta = {"model": name, "num_classes": val.labels.num_classes, "dataset": "camvid"}
+    out = manifest.parent / f"{record}.safetensors"
+    meta = {"model": name, "record": record, "num_classes": val.labels.num_classes, "dataset": "camvid"}
     save_safetensors(model, out, meta, dtype=torch.float16)
     half = evaluate(load_safetensors(model, out), val)
     dtype = "float16"
@@ -41,8 +46,9 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
     subset = val_subset(data)
     sub = evaluate(model, subset)
     entry = {
-        "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
-        "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": "train", "eval_split": "val",
+        "model": name, "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
+        "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": recipe.get("train_split", "train"),
+        "eval_split": "val",
         "val_miou": round(half["miou"], 2), "val_miou_float32": round(full["miou"], 2),
         "val_pixel_acc": round(half["pixel_acc"], 2), "val_class_acc": round(half["class_acc"], 2),
         "per_class_iou": half["per_class_iou"],
@@ -51,8 +57,10 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
         "best_epoch": recipe["best"]["epoch"], "train_seconds": round(sum(r["seconds"] for r in log)),
         "train_device": "cpu (2 cores)",
     }
+    if heldout is not None:
+        entry["heldout"] = heldout
     models = json.loads(manifest.read_text())["models"] if manifest.exists() else {}
-    models[name] = entry
+    models[record] = entry
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=1) + "\n")
     os.replace(tmp, manifest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -14,6 +15,33 @@ def _size(text: str) -> tuple[int, int]:
     if h < 16 or w < 16:
         raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
     return h, w
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(low: float, high: float | None, low_open: bool = False, high_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or value != value:
+            bounds = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'}{')' if high_open or high is None else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {text}")
+        return value
+    return parse
 
 
 def cmd_models(args) -> int:
@@ -39,12 +67,23 @@ def cmd_models(args) -> int:
 def cmd_train(args) -> int:
     from .train import Recipe, train
 
+    train_split, val_split = args.train_split, args.val_split
+    if args.holdout:
+        train_split, val_split = f"noseq:{args.holdout}", f"seq:{args.holdout}"
+    if val_split == "none":
+        val_split = None
     recipe = Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
-                    eval_every=args.eval_every, class_weights=args.class_weights, scale=tuple(args.scale))
-    best = train(recipe, data=args.data, out=args.out, resume=args.resume, device=args.device,
-                 max_steps=args.max_steps).best
-    if best:
-        print(json.dumps({"model": args.model, "best_val_miou": round(best["miou"], 2), "epoch": best["epoch"]}))
+                    weight_decay=args.weight_decay, eval_every=args.eval_every, class_weights=args.class_weights,
+                    scale=tuple(args.scale), photometric=args.photometric, label_smoothing=args.label_smoothing,
+                    ema=args.ema, seed=args.seed, train_split=train_split, val_split=val_split,
+                    select=args.select or ("best" if val_split else "last"), checkpoint_every=args.checkpoint_every)
+    result = train(recipe, data=args.data, out=args.out, resume=args.resume, device=args.device,
+                   max_steps=args.max_steps, workers=args.workers)
+    if "epoch" in result.best:
+        print(json.dumps({"model": args.model, "val_split": val_split, "val_miou": round(result.best["miou"], 2),
+                          "epoch": result.best["epoch"], "steps": result.steps}))
+    else:
+        print(json.dumps({"model": args.model, "steps": result.steps, "stopped": "before the first epoch ended"}))
     return 0
 
 
@@ -75,7 +114,10 @@ def cmd_bench(args) -> int:
               f"ERF grid of {len(result['models'])} models at one pixel: first call {result['first_call_s']} s, "
               f"warm {result['warm_median_s']} s ({result['threads']} threads)")
         return 0
-    names = args.models or [s.name for s in list_models(compact=None if args.all else True)]
+    from .bench import trained_networks
+
+    names = args.models or ([s.name for s in list_models()] if args.all else
+                            trained_networks() + [s.name for s in list_models(compact=True) if s.name not in trained_networks()])
     if not args.json:
         print(f"{'model':32} {'ms':>8} {'x ref':>7}")
     result = bench(names, size=args.size, warmup=args.warmup, runs=args.runs, device=args.device,
@@ -86,7 +128,7 @@ def cmd_bench(args) -> int:
         ref = result["reference"]
         print(f"{'reference: ' + ref['name']:32} {ref['ms']:8.1f}   1.000")
         print(f"{'reference, channels_last':32} {result['reference_channels_last']['ms']:8.1f}")
-        print(f"sum of compact models: {result['compact_sum_ms']:.1f} ms = {result['compact_sum_ratio']:.3f} x reference "
+        print(f"sum of trained compact models: {result['compact_sum_ms']:.1f} ms = {result['compact_sum_ratio']:.3f} x reference "
               f"({result['compact_sum_ratio_channels_last']:.3f} x the channels_last reference; "
               f"{result['size'][0]}x{result['size'][1]}, {result['threads']} threads, {result['device']})")
     return 0
@@ -106,12 +148,14 @@ def cmd_eval(args) -> int:
     from .inference import load_model
 
     model = load_model(args.model, weights=args.weights, device=args.device)
-    result = evaluate(model, CamVid(args.data, args.split, limit=args.limit), next(model.parameters()).device)
-    result["model"] = args.model
+    data = CamVid(args.data, args.split, limit=args.limit)
+    result = evaluate(model, data, next(model.parameters()).device, progress=not args.json)
+    result.update(model=args.model, split=args.split, sequences=data.sequences())
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{args.model} on CamVid {args.split} ({result['images']} images, full resolution)")
+    seqs = ", ".join(f"{k} {v}" for k, v in result["sequences"].items())
+    print(f"{args.model} on CamVid {args.split} ({result['images']} images: {seqs}; full resolution)")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
     print(f"  mIoU {result['miou']:.2f}  pixel acc {result['pixel_acc']:.2f}  class acc {result['class_acc']:.2f}")
@@ -119,10 +163,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from .weights import read_manifest
+    from . import records
 
     if args.action == "download":
-        from . import voc
+        from .data import voc
 
         path = voc.fetch(voc.get(args.model), url=args.url)
         print(f"{args.model}: {path}")
@@ -131,19 +175,31 @@ def cmd_weights(args) -> int:
         from .bundle import bundle
 
         args.model = args.model_opt or args.model
-        entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data)
+        heldout = None
+        if args.heldout_run:
+            held = json.loads((Path(args.heldout_run) / "recipe.json").read_text())
+            heldout = {"split": held["val_split"], "miou": round(held["best"]["miou"], 2), "epoch": held["best"]["epoch"],
+                       "per_class_iou": held["best"]["per_class_iou"],
+                       "recipe": {k: v for k, v in held.items() if k not in ("best", "arch")}}
+        entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout)
         print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...")
         return 0
-    models = read_manifest()
-    for name, e in models.items():
-        print(f"{name:32} val mIoU {e['val_miou']:6.2f}  {e['file']}  sha256 {e['sha256'][:12]}...")
-    if not models:
-        print("no bundled weights")
-    from . import voc
+    bad = 0
+    for r in records.all_records():
+        state = r.missing()
+        if state is None and r.trained_here:  # bundled files are checked against the manifest's sha256
+            try:
+                from .weights import verified_path
 
-    for m in voc.catalogue():
-        print(f"{m.name:32} {voc.find(m) or voc.missing_reason(m)}")
-    return 0
+                verified_path(r.name)
+                state = f"ok (sha256 {r.sha256[:12]}...)"
+            except Exception as e:  # noqa: BLE001 - reported per file, the listing goes on
+                state, bad = f"BAD: {e}", bad + 1
+        elif state is None:
+            state = "on this machine"
+        score = f"val mIoU {r.metrics['val_miou']:6.2f}" if "val_miou" in r.metrics else " " * 15
+        print(f"{r.name:40} {score}  {state}")
+    return 1 if bad else 0
 
 
 def cmd_rf(args) -> int:
@@ -185,24 +241,22 @@ def cmd_crf_tune(args) -> int:
     return 0
 
 
-# CamVid test mIoU (11 classes) that the papers or the review report, for the README's table.
-PAPER_CAMVID = {"segnet": "46.4 (55.6 journal)", "fcn8s": "57.0", "deeplabv1": "61.6 (LargeFOV)", "dilation8": "65.3"}
-
-
 def cmd_report(args) -> int:
-    """Markdown tables for the README from the manifest, assets/bench.json and assets/crf.json."""
-    from . import PROJECT_ROOT
-    from .registry import get_spec
-    from .weights import read_manifest
+    """Markdown tables for the README from the records, assets/bench.json and assets/crf.json."""
+    from . import PROJECT_ROOT, records
 
-    manifest = read_manifest()
-    print("| model | val mIoU | pixel acc | class acc | params | best epoch | train time | paper (CamVid test) | VOC12 (review) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, e in manifest.items():
-        spec = get_spec(name)
-        print(f"| {name} | {e['val_miou']:.2f} | {e['val_pixel_acc']:.1f} | {e['val_class_acc']:.1f} | "
-              f"{e['num_params'] / 1e6:.2f}M | {e['best_epoch']}/{e['recipe']['epochs']} | {e['train_seconds'] / 60:.0f} min | "
-              f"{PAPER_CAMVID.get(spec.arch, '-')} | {spec.voc12_miou or '-'} |")
+    print("| model | held-out seq. mIoU | val mIoU | pixel acc | class acc | params | epochs | train time | "
+          "paper (CamVid test) | VOC12 (review) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in records.all_records():
+        if not r.trained_here:
+            continue
+        e, spec = r.metrics, r.spec
+        held = e.get("heldout")
+        held = f"{held['miou']:.2f} ({held['split'].split(':')[1]})" if held else "-"
+        print(f"| {r.name} | {held} | {e['val_miou']:.2f} | {e['val_pixel_acc']:.1f} | {e['val_class_acc']:.1f} | "
+              f"{e['num_params'] / 1e6:.2f}M | {e['recipe']['epochs']} | {e['train_seconds'] / 60:.0f} min | "
+              f"{r.dataset.published.get(spec.arch, '-')} | {spec.voc12_miou or '-'} |")
     bench_file = PROJECT_ROOT / "assets" / "bench.json"
     if bench_file.exists():
         b = json.loads(bench_file.read_text())
@@ -235,21 +289,37 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--classes", type=int, default=None, help="count parameters for this many classes (default 21)")
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="train a model on CamVid (resumable)")
+    t = sub.add_parser("train", help="train a model on CamVid (resumable to the exact step)")
     t.add_argument("--model", required=True)
     t.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid)")
-    t.add_argument("--epochs", type=int, default=16)
+    t.add_argument("--epochs", type=_int_at_least(1), default=16)
     t.add_argument("--size", type=_size, default=(176, 240), help="training crop HxW")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--eval-every", type=int, default=2)
+    t.add_argument("--batch-size", type=_int_at_least(1), default=8)
+    t.add_argument("--lr", type=_float_in(0, None, low_open=True), default=1e-3)
+    t.add_argument("--weight-decay", type=_float_in(0, None), default=1e-4)
+    t.add_argument("--eval-every", type=_int_at_least(1), default=2, help="epochs between validations")
     t.add_argument("--class-weights", default="median_frequency",
                    choices=["median_frequency", "sqrt_median_frequency", "none"])
-    t.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.0), help="random rescale range of the frames")
+    t.add_argument("--scale", type=_float_in(0.05, 8), nargs=2, default=(0.5, 1.0),
+                   help="random rescale range of the frames, e.g. 0.5 2.0")
+    t.add_argument("--photometric", type=_float_in(0, 1), default=0.0,
+                   help="strength of colour jitter and blur, 0 (off) to 1")
+    t.add_argument("--label-smoothing", type=_float_in(0, 1, high_open=True), default=0.0)
+    t.add_argument("--ema", type=_float_in(0, 1, high_open=True), default=0.0,
+                   help="decay of a moving average of the weights, e.g. 0.999 (0: off)")
+    t.add_argument("--seed", type=_int_at_least(0), default=0)
+    t.add_argument("--train-split", default="train", help="train, trainval, noseq:SEQ ... (see segviz.data.camvid)")
+    t.add_argument("--val-split", default="val", help="val, seq:SEQ ..., or none")
+    t.add_argument("--holdout", default=None, metavar="SEQ",
+                   help="hold out one sequence: train on noseq:SEQ, validate on seq:SEQ (e.g. 0006R0)")
+    t.add_argument("--select", choices=["best", "last"], default=None,
+                   help="keep the best epoch on validation (default) or the last (default without validation)")
+    t.add_argument("--checkpoint-every", type=_int_at_least(1), default=50, help="steps between resume checkpoints")
+    t.add_argument("--workers", type=_int_at_least(0), default=None, help="data loader processes")
     t.add_argument("--out", default="runs")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--device", default=None)
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    t.add_argument("--max-steps", type=_int_at_least(1), default=None, help="stop after this many steps in all")
     t.set_defaults(func=cmd_train)
     d = sub.add_parser("data", help="download a dataset")
     d.add_argument("dataset", choices=["camvid"])
@@ -259,21 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("eval", help="evaluate a model on a CamVid split at full resolution")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", required=True, help="a trained model (fcn8s_efficientnet_lite0.camvid), or with "
+                                                   "--weights any registry key")
     e.add_argument("--data", default=None)
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", default="val",
+                   help="val, train, trainval, seq:SEQ (a held-out sequence, e.g. seq:0006R0) or noseq:SEQ")
     e.add_argument("--weights", default=None, help="a .safetensors file (default: the bundled weights)")
-    e.add_argument("--limit", type=int, default=None, help="only the first N images")
+    e.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
     w.add_argument("action", choices=["list", "bundle", "download"])
-    w.add_argument("model", nargs="?", help="download: a VOC model (coral-deeplabv3-voc, tv-deeplabv3_resnet50, ...)")
+    w.add_argument("model", nargs="?", help="download: a VOC model (deeplabv3_mnv2.voc, deeplabv3_resnet50.voc, ...)")
     w.add_argument("--model", dest="model_opt", help="bundle: the registry name")
     w.add_argument("--url", default=None, help="download: a mirror URL of the file")
     w.add_argument("--run", default=None, help="with bundle: the run folder (default runs/MODEL)")
+    w.add_argument("--heldout-run", default=None,
+                   help="with bundle: the run folder of the same recipe with a sequence held out (its score is recorded)")
     w.add_argument("--data", default=None)
     w.set_defaults(func=cmd_weights)
 
@@ -293,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one line of JSON")
     c.set_defaults(func=cmd_crf_tune)
 
-    rp = sub.add_parser("report", help="print the README's result tables (manifest, bench, CRF study)")
+    rp = sub.add_parser("report", help="print the README's result tables (records, bench, CRF study)")
     rp.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")

@@ -14,86 +14,32 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import registry, viz
-from .data.palettes import CAMVID, VOC, LabelSet
+from . import records, viz
 from .metrics import confusion_matrix, scores
-from .weights import read_manifest, sha256_file
+from .records import Record
 
 
-@dataclass(frozen=True)
-class ModelSet:
-    name: str
-    labelset: LabelSet
-    description: str
-
-    def models(self) -> list[tuple[str, str | None]]:
-        """(registry name, reason it cannot run or None) for every architecture of this set."""
-        raise NotImplementedError
-
-    def load(self, name: str, device: str | None = None):
-        raise NotImplementedError
-
-    def weights_sha256(self, name: str) -> str | None:
-        return None
+def resolve(names: list[str]) -> list[Record]:
+    """The records of ``names`` (record names, or registry keys with one record); they must share a
+    label set, and models whose weights are not on this machine are an error naming what to run."""
+    chosen = [records.get(n) for n in names]
+    sets = sorted({r.dataset.name for r in chosen})
+    if len(sets) > 1:
+        raise ValueError(f"models of different label sets ({', '.join(sets)}) cannot share one comparison; "
+                         f"pick models of one set")
+    for r in chosen:
+        why = r.missing()
+        if why:
+            raise ValueError(f"{r.name}: {why}")
+    return chosen
 
 
-class CamVidModels(ModelSet):
-    """The compact configurations trained on CamVid and bundled in weights/."""
+@functools.lru_cache(maxsize=32)
+def load(name: str) -> torch.nn.Module:
+    """A record's network in eval mode on the default device (cached)."""
+    from .inference import load_model
 
-    def models(self):
-        bundled = read_manifest()
-        return [(s.name, None if s.name in bundled else "no trained weights yet")
-                for s in registry.list_models(compact=True)]
-
-    def load(self, name, device=None):
-        from .inference import load_model
-
-        return load_model(name, device=device)
-
-    def weights_sha256(self, name):
-        return read_manifest().get(name, {}).get("sha256")
-
-
-class VOCModels(ModelSet):
-    """Real PASCAL VOC models: Coral's DeepLab v3 ports (offline) and torchvision's (download)."""
-
-    def models(self):
-        from . import voc
-
-        return [(m.name, voc.missing_reason(m)) for m in voc.catalogue()]
-
-    def load(self, name, device=None):
-        return _load_voc(name, device)
-
-    def weights_sha256(self, name):
-        from . import voc
-
-        m = voc.get(name)
-        if m.source == "coral":
-            return m.sha256
-        path = voc.find(m)
-        return sha256_file(path) if path else None
-
-
-@functools.lru_cache(maxsize=8)
-def _load_voc(name: str, device: str | None = None):
-    from . import voc
-    from .inference import default_device
-
-    dev = torch.device(device) if device else default_device()
-    return voc.load(voc.get(name)).to(dev, memory_format=torch.channels_last).eval()
-
-
-MODEL_SETS: dict[str, ModelSet] = {
-    "camvid": CamVidModels("camvid", CAMVID, "CamVid street scenes (11 classes), trained here"),
-    "voc": VOCModels("voc", VOC, "PASCAL VOC (21 classes): Coral's DeepLab v3 ports and torchvision's models"),
-}
-
-
-def get_model_set(name: str) -> ModelSet:
-    if name not in MODEL_SETS:
-        raise ValueError(f"unknown model set {name!r}; choose one of: {', '.join(MODEL_SETS)}")
-    return MODEL_SETS[name]
+    return load_model(name)
 
 
 @dataclass
@@ -112,16 +58,16 @@ def image_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
 
 
-def predict_one(model_set: ModelSet, name: str, image: np.ndarray, keep_probs: bool = False) -> Prediction:
-    """One model on one image, cached on (image, set, model)."""
+def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Prediction:
+    """One model (a record name) on one image, cached on (image, model)."""
     from .inference import predict
 
-    key = (image_key(image), model_set.name, name)
+    key = (image_key(image), name)
     hit = _CACHE.get(key)
     if hit is not None and (hit.probs is not None or not keep_probs):
         _CACHE.move_to_end(key)
         return hit
-    model = model_set.load(name)
+    model = load(name)
     t = time.perf_counter()
     probs = predict(model, image)
     ms = (time.perf_counter() - t) * 1000
@@ -132,19 +78,10 @@ def predict_one(model_set: ModelSet, name: str, image: np.ndarray, keep_probs: b
     return result
 
 
-def runnable(model_set: ModelSet, names: list[str]) -> list[str]:
-    """The selected names that have weights; unknown names are an error."""
-    available = dict(model_set.models())
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise ValueError(f"not in the {model_set.name} set: {', '.join(unknown)}; choose from: {', '.join(available)}")
-    return [n for n in names if available[n] is None]
-
-
 @dataclass
 class Comparison:
     image: np.ndarray
-    model_set: str
+    records: list[Record]  # the models, in the order shown (one label set)
     predictions: list[Prediction]  # raw network outputs
     gt: np.ndarray | None = None
     crf_params: "CRFParams | None" = None
@@ -156,6 +93,10 @@ class Comparison:
     def names(self) -> list[str]:
         return [p.name for p in self.predictions]
 
+    @property
+    def labels(self):
+        return self.records[0].labels
+
     def shown(self) -> list[np.ndarray]:
         """The label maps on display: after the CRF when it is on."""
         return [self.refined.get(p.name, p.labels) for p in self.predictions]
@@ -164,54 +105,53 @@ class Comparison:
 _CRF_CACHE: OrderedDict = OrderedDict()
 
 
-def refine(mset: ModelSet, name: str, image: np.ndarray, params) -> np.ndarray:
+def refine(name: str, image: np.ndarray, params) -> np.ndarray:
     from .crf import dense_crf
 
-    key = (image_key(image), mset.name, name, params)
+    key = (image_key(image), name, params)
     if key not in _CRF_CACHE:
-        probs = predict_one(mset, name, image, keep_probs=True).probs
+        probs = predict_one(name, image, keep_probs=True).probs
         _CRF_CACHE[key] = dense_crf(probs, image, params).argmax(0).astype(np.uint8)
         while len(_CRF_CACHE) > _CACHE_SIZE:
             _CRF_CACHE.popitem(last=False)
     return _CRF_CACHE[key]
 
 
-def compare(image: np.ndarray, names: list[str], model_set: str = "camvid", gt: np.ndarray | None = None,
-            progress=None, crf_params=None) -> Comparison:
-    """Run every selected model (that has weights) on ``image``; refine with the dense CRF when
+def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, progress=None,
+            crf_params=None) -> Comparison:
+    """Run every selected model (record names) on ``image``; refine with the dense CRF when
     ``crf_params`` is given; score them if ``gt`` is given."""
-    mset = get_model_set(model_set)
-    todo = runnable(mset, names)
-    if not todo:
-        raise ValueError("none of the selected models has trained weights")
-    result = Comparison(image, model_set, [], gt, crf_params)
-    for i, name in enumerate(todo):
+    if not names:
+        raise ValueError("select at least one model")
+    chosen = resolve(names)
+    result = Comparison(image, chosen, [], gt, crf_params)
+    for i, r in enumerate(chosen):
         if progress:
-            progress(i / len(todo), f"running {name}")
-        result.predictions.append(predict_one(mset, name, image, keep_probs=crf_params is not None))
+            progress(i / len(chosen), f"running {r.title}")
+        result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None))
         if crf_params is not None:
             if progress:
-                progress((i + 0.5) / len(todo), f"dense CRF on {name}")
-            result.refined[name] = refine(mset, name, image, crf_params)
+                progress((i + 0.5) / len(chosen), f"dense CRF on {r.title}")
+            result.refined[r.name] = refine(r.name, image, crf_params)
     if gt is not None:
-        n = mset.labelset.num_classes
+        labels = result.labels
         for p, shown in zip(result.predictions, result.shown()):
-            result.metrics[p.name] = scores(confusion_matrix(shown, gt, n), mset.labelset.classes)
+            result.metrics[p.name] = scores(confusion_matrix(shown, gt, labels.num_classes), labels.classes)
             if crf_params is not None:
-                result.metrics_before_crf[p.name] = scores(confusion_matrix(p.labels, gt, n), mset.labelset.classes)
+                result.metrics_before_crf[p.name] = scores(confusion_matrix(p.labels, gt, labels.num_classes),
+                                                           labels.classes)
     return result
 
 
 def overlays(c: Comparison, alpha: float) -> list[tuple[np.ndarray, str]]:
-    labelset = get_model_set(c.model_set).labelset
     tag = " · CRF" if c.refined else ""
-    return [(viz.overlay(c.image, labels, labelset, alpha), f"{p.name} · {p.ms:.0f} ms{tag}")
-            for p, labels in zip(c.predictions, c.shown())]
+    return [(viz.overlay(c.image, labels, c.labels, alpha), f"{r.title} · {p.ms:.0f} ms{tag}")
+            for r, p, labels in zip(c.records, c.predictions, c.shown())]
 
 
 def crf_views(c: Comparison, alpha: float) -> dict:
     """Before/after overlays and a map of the pixels the CRF changed, per model."""
-    labelset = get_model_set(c.model_set).labelset
+    labelset = c.labels
     out = {}
     for p in c.predictions:
         if p.name in c.refined:
@@ -226,7 +166,7 @@ def crf_views(c: Comparison, alpha: float) -> dict:
 def metrics_table(c: Comparison) -> tuple[list[str], list[list]]:
     """Header and rows: per model, mIoU (before the CRF too when it is on), pixel accuracy and
     per-class IoU on this image."""
-    classes = list(get_model_set(c.model_set).labelset.classes)
+    classes = list(c.labels.classes)
     header = ["model", "mIoU"] + (["mIoU before CRF"] if c.metrics_before_crf else []) + ["pixel acc"] + classes
     rows = []
     for name, s in c.metrics.items():
@@ -239,7 +179,6 @@ def metrics_table(c: Comparison) -> tuple[list[str], list[list]]:
 def comparison_card(c: Comparison, alpha: float, settings: dict | None = None) -> bytes:
     """A zip: the overlay grid PNG, every raw label map as PNG, and a JSON of names, weight
     sha256s, settings and metrics."""
-    mset = get_model_set(c.model_set)
     tiles = overlays(c, alpha)
     grid = viz.titled_grid([c.image] + [t for t, _ in tiles], ["input"] + [title for _, title in tiles])
     buf = io.BytesIO()
@@ -248,10 +187,10 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None) -
         for p, labels in zip(c.predictions, c.shown()):
             z.writestr(f"labels/{p.name}.png", _png(labels))
         info = {
-            "model_set": c.model_set, "classes": list(mset.labelset.classes),
+            "dataset": c.records[0].dataset.name, "classes": list(c.labels.classes),
             "image_size": list(c.image.shape[:2]),
-            "models": [{"name": p.name, "weights_sha256": mset.weights_sha256(p.name), "latency_ms": round(p.ms, 1)}
-                       for p in c.predictions],
+            "models": [{"name": r.name, "title": r.title, "weights_file": r.file, "weights_sha256": r.sha256,
+                        "latency_ms": round(p.ms, 1)} for r, p in zip(c.records, c.predictions)],
             "settings": {"opacity": alpha, "crf": c.crf_params.as_dict() if c.crf_params else None,
                          **(settings or {})},
             "metrics": c.metrics,

@@ -60,9 +60,9 @@ class Branch:
 
 def model_branches(name: str) -> list[Branch]:
     """The dilated and pooled branches of a model that the Dilation tab draws."""
-    if name.startswith("coral-"):  # MobileNetV2 DeepLab v3: dilated last stage + image pooling, no atrous ASPP
+    if name.startswith("deeplabv3_mnv2"):  # MobileNetV2 DeepLab v3: dilated last stage + image pooling, no atrous ASPP
         return [Branch("last stage: 3x3 depthwise, rate 2", 2, 16), Branch("image pooling", 0, 16, bins=1)]
-    if name.startswith("tv-deeplabv3_"):  # torchvision: ASPP rates 12/24/36
+    if name.startswith("deeplabv3_") and name.endswith(".voc"):  # torchvision: ASPP rates 12/24/36
         os_ = 16 if "mobilenet" in name else 8
         return ([Branch("1x1", 1, os_, kernel=1)] + [Branch(f"ASPP rate {r}", r, os_) for r in (12, 24, 36)] +
                 [Branch("image pooling", 0, os_, bins=1)])

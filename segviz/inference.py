@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from . import registry
+from . import records, registry
 from .evaluate import predict_logits
-from .weights import MANIFEST, bundled_entry, load_safetensors, verified_path
+from .weights import MANIFEST, WeightsError, load_safetensors
 
 
 def default_device() -> torch.device:
@@ -19,23 +19,25 @@ def default_device() -> torch.device:
 @functools.lru_cache(maxsize=32)
 def load_model(name: str, weights: str | None = None, device: str | None = None,
                manifest: str = str(MANIFEST)) -> torch.nn.Module:
-    """A trained model in eval mode: the bundled weights of ``name`` (sha256-checked), or a
-    safetensors file ``weights`` of the same configuration. Cached per arguments."""
-    spec = registry.get_spec(name)
+    """A trained model in eval mode on ``device`` (default: CUDA when present). ``name`` is a record
+    (``fcn8s_efficientnet_lite0.camvid``, or a registry key with one record); its weights are
+    sha256-checked. With ``weights`` (a safetensors file), ``name`` may be any registry key.
+    Cached per arguments."""
     if weights is None:
-        num_classes = bundled_entry(name, manifest)["num_classes"]
-        path = verified_path(name, manifest)
+        model = records.get(name, manifest).load()
     else:
-        path = weights
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"weights file {path} does not exist")
-        from safetensors import safe_open
+        network = name.rsplit(".", 1)[0] if name not in registry.names() and "." in name else name
+        spec = registry.get_spec(network)
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"weights file {weights} does not exist")
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        num_classes = int(meta.get("num_classes", 11))
-    model = registry.build(spec.name, num_classes=num_classes)
-    load_safetensors(model, path)
+        try:
+            with safe_open(weights, "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{weights} is not a readable safetensors file ({e})") from None
+        model = load_safetensors(registry.build(spec.name, num_classes=int(meta.get("num_classes", 11))), weights)
     dev = torch.device(device) if device else default_device()
     return model.to(dev, memory_format=torch.channels_last).eval()
 

@@ -57,6 +57,11 @@ def list_models(*, compact: bool | None = None) -> list[ModelSpec]:
     return sorted(specs, key=lambda s: (ARCH_ORDER.index(s.arch), s.compact))
 
 
+def names() -> list[str]:
+    _load_models()
+    return list(_REGISTRY)
+
+
 def get_spec(name: str) -> ModelSpec:
     _load_models()
     if name not in _REGISTRY:

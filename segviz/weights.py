@@ -58,14 +58,22 @@ def read_manifest(path: str | os.PathLike = MANIFEST) -> dict:
     path = Path(path)
     if not path.exists():
         return {}
-    return json.loads(path.read_text())["models"]
+    try:
+        models = json.loads(path.read_text())["models"]
+        if not isinstance(models, dict) or not all(isinstance(e, dict) and {"model", "file", "sha256"} <= e.keys()
+                                                   for e in models.values()):
+            raise ValueError("entries need model, file and sha256")
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{path} is not a valid weights manifest ({e}); restore it with "
+                           f"`git checkout -- {path.name}`") from None
+    return models
 
 
 def bundled_entry(name: str, manifest: str | os.PathLike = MANIFEST) -> dict:
     models = read_manifest(manifest)
     if name not in models:
         trained = ", ".join(models) or "none yet"
-        raise WeightsError(f"no bundled weights for {name!r}; trained models: {trained}")
+        raise WeightsError(f"no bundled weights {name!r}; trained models: {trained}")
     return models[name]
 
 
@@ -75,7 +83,7 @@ def verified_path(name: str, manifest: str | os.PathLike = MANIFEST) -> Path:
     path = Path(manifest).parent / entry["file"]
     if not path.exists():
         raise WeightsError(f"{path} is missing: restore it with `git checkout -- weights/` "
-                           f"or retrain with `python -m segviz train --model {name}`")
+                           f"or retrain with `python -m segviz train --model {entry['model']}`")
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise WeightsError(f"{path} is corrupt or was modified (sha256 {digest[:12]}... but the manifest says "

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segviz import records
 from segviz.data.palettes import CAMVID
 from segviz.preprocess import InputError
-from segviz.ui.compare import export_card, model_choices, restyle, run_compare
+from segviz.ui.compare import export_card, ready_names, restyle, run_compare
 from segviz.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-READY, _ = model_choices("camvid")
+READY = ready_names("camvid")
+TITLES = [records.get(n).title for n in READY]
 needs_weights = pytest.mark.skipif(not READY, reason="no bundled weights yet")
 
 
@@ -30,8 +32,8 @@ def frame(camvid_root):
 @needs_weights
 def test_compare_runs_every_ready_model_and_scores_them(frame):
     image, mask = frame
-    r = run_compare(image, "camvid", READY, 0.6, gt=mask)
-    assert [t.split(" · ")[0] for _, t in r["overlays"]] == READY
+    r = run_compare(image, READY, 0.6, gt=mask)
+    assert [t.split(" · ")[0] for _, t in r["overlays"]] == TITLES
     assert all(o.shape == (360, 480, 3) for o, _ in r["overlays"])
     header, rows = r["metrics"]
     assert header[:3] == ["model", "mIoU", "pixel acc"] and len(rows) == len(READY)
@@ -62,7 +64,7 @@ def test_dense_crf_in_the_comparison(frame):
         pytest.skip("pydensecrf is not installed")
     image, mask = frame
     params = crf_settings(True, 5, 3, 3, 80, 13, 10, 0.5)
-    r = run_compare(image, "camvid", READY[:1], 0.6, gt=mask, crf=params)
+    r = run_compare(image, READY[:1], 0.6, gt=mask, crf=params)
     view = r["crf"][READY[0]]
     assert view["before"].shape == view["after"].shape == (360, 480, 3)
     assert 0 < view["changed_share"] < 0.5  # it changes something, but not everything
@@ -83,7 +85,7 @@ def test_dense_crf_in_the_comparison(frame):
 ])
 def test_bad_images_are_one_line_errors(tmp_path, make, message):
     with pytest.raises(InputError, match=message):
-        run_compare(str(make(tmp_path)), "camvid", READY[:1], 0.5)
+        run_compare(str(make(tmp_path)), READY[:1], 0.5)
 
 
 @needs_weights
@@ -91,25 +93,31 @@ def test_bad_masks_and_selections(frame, tmp_path):
     image, _ = frame
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(InputError, match="is 10x10 but the image is 480x360"):
-        run_compare(image, "camvid", READY[:1], 0.5, gt=str(tmp_path / "small.png"))
+        run_compare(image, READY[:1], 0.5, gt=str(tmp_path / "small.png"))
     with pytest.raises(ValueError, match="at least one"):
-        run_compare(image, "camvid", [], 0.5)
-    with pytest.raises(ValueError, match="not in the camvid set"):
-        run_compare(image, "camvid", ["nonsense_model"], 0.5)
-    with pytest.raises(ValueError, match="unknown model set"):
-        run_compare(image, "imagenet", READY[:1], 0.5)
+        run_compare(image, [], 0.5)
+    with pytest.raises(KeyError, match="no trained model 'nonsense_model'"):
+        run_compare(image, ["nonsense_model"], 0.5)
+    with pytest.raises(ValueError, match="different label sets"):
+        run_compare(image, [READY[0], "deeplabv3_mnv2.voc"], 0.5)
 
 
-def test_models_tab_lists_every_architecture_with_its_numbers():
+def test_models_tab_lists_every_record_and_every_untrained_architecture():
     from segviz.registry import list_models
-    from segviz.ui.models import models_html, model_rows
+    from segviz.ui.models import HEADERS, model_rows, models_html
 
     rows = {r[0]: r for r in model_rows()}
-    assert set(rows) == {s.name for s in list_models(compact=True)}
-    manifest = read_manifest()
-    for name, row in rows.items():
-        assert row[7] == manifest.get(name, {}).get("val_miou", "not trained yet")
-    assert rows["fcn8s_efficientnet_lite0"][5] == 62.2 and rows["deeplabv3_efficientnet_lite0"][5] == 85.7
+    every = records.all_records()
+    trained = {r.network for r in every}
+    assert set(rows) == {r.name for r in every} | {s.name for s in list_models(compact=True) if s.name not in trained}
+    col = {h: i for i, h in enumerate(HEADERS)}
+    for name, entry in read_manifest().items():
+        assert rows[name][col["val mIoU (ours)"]] == entry["val_miou"]
+        assert rows[name][col["trained on"]] == "camvid"
+    review = col["VOC12 test mIoU (review)"]
+    assert rows["fcn8s_efficientnet_lite0.camvid"][review] == 62.2  # the review's FCN figure
+    assert rows["deeplabv3_efficientnet_lite0.camvid"][review] == 85.7
+    assert rows["deeplabv3_mnv2.voc"][col["trained on"]] == "voc"
     html = models_html()
     assert 'href="https://arxiv.org/abs/1706.05587"' in html and html.count("<tr>") == len(rows) + 1
 
@@ -150,10 +158,27 @@ def test_gradio_client_api(server, frame):
     names = [e["api_name"] if isinstance(e, dict) else e for e in client.view_api(return_format="dict")["named_endpoints"]]
     assert {"/compare", "/restyle", "/export_card"} <= set(names)
     image, mask = frame
-    out = client.predict(handle_file(image), "camvid", READY, 0.6, handle_file(mask), api_name="/compare")
+    out = client.predict(handle_file(image), READY, 0.6, handle_file(mask), api_name="/compare")
     gallery, legend = out[0], out[1]
     assert len(gallery) == len(READY) and "Bicyclist" in legend
-    assert gallery[0]["caption"].startswith(READY[0])
+    assert gallery[0]["caption"].startswith(TITLES[0])
+
+
+@needs_weights
+def test_api_is_stateless_any_set_from_a_fresh_client(server, frame):
+    """/compare takes VOC models from a client that never touched the model-set radio, then CamVid ones."""
+    from gradio_client import Client, handle_file
+
+    from conftest import CORAL
+
+    if not (CORAL / "deeplabv3_mnv2_pascal_quant.tflite").exists():
+        pytest.skip("the Coral model is not in ../shared")
+    client = Client(server, verbose=False)
+    out = client.predict(handle_file(str(CORAL / "bird_segmentation.bmp")), ["deeplabv3_mnv2.voc"], 0.6, None,
+                         api_name="/compare")
+    assert len(out[0]) == 1 and "bird" in out[1]
+    out = client.predict(handle_file(frame[0]), READY[:2], 0.6, None, api_name="/compare")
+    assert len(out[0]) == 2 and "Bicyclist" in out[1]
 
 
 @pytest.mark.browser
@@ -186,7 +211,7 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         page.wait_for_function("[...document.querySelectorAll('#overlays img, #disagreement img')]"
                                ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
         alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
-        assert [a.split(" · ")[0] for a in alts] == READY
+        assert [a.split(" · ")[0] for a in alts] == TITLES
         legend = page.eval_on_selector_all("#legend .segviz-legend-item", "els => els.map(e => e.dataset.class)")
         assert legend == list(CAMVID.classes)
         shot = Path(os.environ.get("SEGVIZ_SCREENSHOT", tmp_path / "compare.png"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segviz import voc
+from segviz.data import voc
 from segviz.weights import WeightsError
 
 from conftest import CORAL
@@ -54,8 +54,10 @@ def _images():
 @needs_coral
 @pytest.mark.parametrize("file", ["deeplabv3_mnv2_pascal_quant.tflite", "deeplabv3_mnv2_dm05_pascal_quant.tflite"])
 def test_port_agrees_with_the_tflite_interpreter(file):
-    """At least 99% of pixels, or, on images where the int8 model is unstable, at least as often
-    as TFLite's own reference kernels agree with its default (XNNPACK) kernels."""
+    """Our port is a third implementation of the int8 graph beside TFLite's default (XNNPACK)
+    kernels and its reference kernels. Where two of TFLite's own kernel sets disagree on a share d
+    of the pixels (rounding at int8 ties; d depends on the CPU's instruction set), the port may
+    disagree on up to 2d, and never on more than 1% when the kernels agree better than 99.5%."""
     from segviz.models.tflite_port import TFLiteGraph
 
     model = TFLiteGraph(CORAL / file).eval()
@@ -67,7 +69,7 @@ def test_port_agrees_with_the_tflite_interpreter(file):
         ours = (_ours(model, img) == theirs).mean()
         kernels = (reference(img) == theirs).mean()
         report[name] = (round(ours, 4), round(kernels, 4))
-        assert ours >= min(0.99, kernels), report
+        assert 1 - ours <= max(0.01, 2 * (1 - kernels)), report
     assert sum(ours >= 0.99 for ours, _ in report.values()) >= 5, report
 
 
@@ -85,7 +87,7 @@ def test_port_matches_the_published_bird_mask_as_well_as_the_interpreter():
 
 @needs_coral
 def test_port_runs_at_any_size_and_returns_logits():
-    model = voc.load(voc.get("coral-deeplabv3-voc")).eval()
+    model = voc.load(voc.get("deeplabv3_mnv2.voc")).eval()
     out = model(torch.zeros(1, 3, 97, 130))["out"]
     assert out.shape == (1, 21, 97, 130) and torch.isfinite(out).all()
 
@@ -97,7 +99,7 @@ def test_tampered_coral_file_is_refused(tmp_path):
     data[1000] ^= 1
     bad.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
-        voc.load(voc.get("coral-deeplabv3-voc"), bad)
+        voc.load(voc.get("deeplabv3_mnv2.voc"), bad)
 
 
 @pytest.fixture
@@ -121,7 +123,7 @@ def serve(tmp_path):
 def test_coral_download_checks_the_published_hash(tmp_path, serve):
     site = tmp_path / "site"
     site.mkdir()
-    m = voc.get("coral-deeplabv3-voc")
+    m = voc.get("deeplabv3_mnv2.voc")
     (site / m.file).write_bytes((CORAL / m.file).read_bytes())
     url = serve(site)
     path = voc.fetch(m, url=url + m.file, dest_dir=tmp_path / "cache", progress=False)
@@ -146,27 +148,28 @@ def test_torchvision_download_and_load_from_a_local_server(tmp_path, serve):
     (site / name).write_bytes(raw.read_bytes())
     (site / "lraspp_mobilenet_v3_large-00000000.pth").write_bytes(raw.read_bytes())
     url = serve(site)
-    m = voc.get("tv-lraspp_mobilenet_v3_large")
+    m = voc.get("lraspp_mobilenet_v3_large.voc")
     path = voc.fetch(m, url=url + name, dest_dir=tmp_path / "hub", progress=False)
     model = voc.load(m, path).eval()
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
         assert torch.allclose(model(model.normalize(x))["out"], net.eval()(model.normalize(x))["out"])
-    with pytest.raises(WeightsError, match="its name says 00000000"):
+    with pytest.raises(WeightsError, match="its name says 00000000"):  # checked by torch.hub, file removed
         voc.fetch(m, url=url + "lraspp_mobilenet_v3_large-00000000.pth", dest_dir=tmp_path / "x", progress=False)
+    assert not list((tmp_path / "x").iterdir())  # nothing half-written is left behind
 
 
 def test_offline_torchvision_models_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(voc, "torch_cache_dir", lambda: tmp_path)
-    m = voc.get("tv-deeplabv3_resnet50")
-    assert voc.missing_reason(m) == "needs a download: python -m segviz weights download tv-deeplabv3_resnet50"
-    with pytest.raises(WeightsError, match="weights download tv-deeplabv3_resnet50"):
+    m = voc.get("deeplabv3_resnet50.voc")
+    assert voc.missing_reason(m) == "needs a download: python -m segviz weights download deeplabv3_resnet50.voc"
+    with pytest.raises(WeightsError, match="weights download deeplabv3_resnet50.voc"):
         voc.load(m)
     with pytest.raises(WeightsError, match="offline") as e:
         voc.fetch(m, url="http://127.0.0.1:9/" + m.file, dest_dir=tmp_path, progress=False)
     assert "\n" not in str(e.value)
     with pytest.raises(WeightsError, match="unknown VOC model"):
-        voc.get("tv-nonsense")
+        voc.get("nonsense.voc")
 
 
 @needs_coral
@@ -174,7 +177,7 @@ def test_voc_set_in_the_comparison_uses_the_voc_palette():
     from segviz.data.palettes import VOC
     from segviz.ui.compare import run_compare
 
-    r = run_compare(str(CORAL / "bird_segmentation.bmp"), "voc", ["coral-deeplabv3-voc"], 1.0,
+    r = run_compare(str(CORAL / "bird_segmentation.bmp"), ["deeplabv3_mnv2.voc"], 1.0,
                     gt=str(CORAL / "bird_segmentation_mask.bmp"))
     overlay = r["overlays"][0][0]
     assert tuple(overlay[250, 250]) in {VOC.colors[3], VOC.colors[0]}  # bird or background colours exactly

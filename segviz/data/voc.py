@@ -1,11 +1,12 @@
-"""The PASCAL VOC model set: real models trained on VOC's 21 classes by others.
+"""PASCAL VOC 2012 (21 classes) and its records: real models trained on VOC by others.
 
-- ``coral-deeplabv3-voc`` / ``coral-deeplabv3-dm05-voc``: Coral's DeepLab v3 MobileNetV2
+- ``deeplabv3_mnv2.voc`` / ``deeplabv3_mnv2_dm05.voc``: Coral's DeepLab v3 MobileNetV2
   TFLite models, ported to PyTorch (segviz.models.tflite_port). Offline: found in
   ``../shared/models/coral``, in ``weights/``, or in the user cache
-  (``python -m segviz weights download coral-deeplabv3-voc`` puts them there).
-- ``tv-*``: torchvision's segmentation models with their COCO_WITH_VOC_LABELS weights,
-  downloaded on demand into torch's usual cache; offline they say so in one line.
+  (``python -m segviz weights download deeplabv3_mnv2.voc`` puts them there).
+- ``<torchvision builder>.voc`` (``deeplabv3_resnet50.voc``, ``lraspp_mobilenet_v3_large.voc``, ...):
+  torchvision's segmentation models with their COCO_WITH_VOC_LABELS weights, downloaded on
+  demand into torch's usual cache; offline they say so in one line.
 """
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import torch
 
-from . import SHARED_DIR
-from .weights import WEIGHTS_DIR, WeightsError, download, sha256_file
+from .. import SHARED_DIR
+from ..records import Dataset, Record
+from ..weights import WEIGHTS_DIR, WeightsError, download, sha256_file
+from .palettes import VOC
+
+DATASET = Dataset("voc", "PASCAL VOC (21 classes): Coral's DeepLab v3 ports and torchvision's models", VOC)
 
 CORAL_URL = "https://raw.githubusercontent.com/google-coral/test_data/master/"
 SHARED_CORAL = SHARED_DIR / "models" / "coral"
@@ -29,7 +34,7 @@ def user_cache() -> Path:
 
 @dataclass(frozen=True)
 class VOCModel:
-    name: str
+    name: str  # the network's name; the record is "<name>.voc"
     title: str
     arch: str  # registry-style architecture family, for the UI
     file: str  # file name at its public home
@@ -41,11 +46,11 @@ class VOCModel:
 
 
 CORAL = [
-    VOCModel("coral-deeplabv3-voc", "DeepLab v3 MobileNetV2 (Coral, int8)", "deeplabv3",
+    VOCModel("deeplabv3_mnv2", "DeepLab v3 MobileNetV2 (Coral, int8)", "deeplabv3",
              "deeplabv3_mnv2_pascal_quant.tflite",
              "350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398",
              CORAL_URL + "deeplabv3_mnv2_pascal_quant.tflite", "coral"),
-    VOCModel("coral-deeplabv3-dm05-voc", "DeepLab v3 MobileNetV2 x0.5 (Coral, int8)", "deeplabv3",
+    VOCModel("deeplabv3_mnv2_dm05", "DeepLab v3 MobileNetV2 x0.5 (Coral, int8)", "deeplabv3",
              "deeplabv3_mnv2_dm05_pascal_quant.tflite",
              "0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861366d48b",
              CORAL_URL + "deeplabv3_mnv2_dm05_pascal_quant.tflite", "coral"),
@@ -66,7 +71,7 @@ def _torchvision_models() -> list[VOCModel]:
 
         w = torchvision.models.get_weight(f"{weights}.COCO_WITH_VOC_LABELS_V1")
         file = w.url.rsplit("/", 1)[1]
-        out.append(VOCModel(f"tv-{builder}", f"{title} (torchvision)", arch, file, file.rsplit("-", 1)[1][:-4], w.url,
+        out.append(VOCModel(builder, f"{title} (torchvision)", arch, file, file.rsplit("-", 1)[1][:-4], w.url,
                             "torchvision", builder, f"COCO-val VOC-labels mIoU {w.meta['_metrics']['COCO-val2017-VOC-labels']['miou']}"))
     return out
 
@@ -76,10 +81,20 @@ def catalogue() -> list[VOCModel]:
 
 
 def get(name: str) -> VOCModel:
+    """A VOC model by record name (``deeplabv3_mnv2.voc``) or network name (``deeplabv3_mnv2``)."""
     models = {m.name: m for m in catalogue()}
-    if name not in models:
-        raise WeightsError(f"unknown VOC model {name!r}; choose one of: {', '.join(models)}")
-    return models[name]
+    key = name[:-len(".voc")] if name.endswith(".voc") else name
+    if key not in models:
+        raise WeightsError(f"unknown VOC model {name!r}; choose one of: {', '.join(m + '.voc' for m in models)}")
+    return models[key]
+
+
+def records() -> list[Record]:
+    import functools
+
+    return [Record(f"{m.name}.voc", m.name, DATASET, m.title, m.arch, m.source, m.file, m.sha256,
+                   functools.partial(load, m), functools.partial(missing_reason, m), url=m.url, note=m.note)
+            for m in catalogue()]
 
 
 def torch_cache_dir() -> Path:
@@ -99,7 +114,7 @@ def find(m: VOCModel) -> Path | None:
 def missing_reason(m: VOCModel) -> str | None:
     """None when the model can run; otherwise one line saying how to get it."""
     if find(m) is None:
-        return f"needs a download: python -m segviz weights download {m.name}"
+        return f"needs a download: python -m segviz weights download {m.name}.voc"
     return None
 
 
@@ -110,14 +125,20 @@ def fetch(m: VOCModel, url: str | None = None, dest_dir: str | os.PathLike | Non
     name = url.rsplit("/", 1)[1]
     if m.source == "coral":
         return download(url, dest / name, sha256=m.sha256, progress=progress)
-    # torchvision names its files <name>-<first 8 hex of sha256>.pth; check what arrives against that
+    # torchvision names its files <name>-<first 8 hex of sha256>.pth: torch.hub checks what arrives against that
+    # (as torch.hub.load_state_dict_from_url(check_hash=True) does) and writes through a temporary file
+    import urllib.error
+
+    dest.mkdir(parents=True, exist_ok=True)
     expected = name.rsplit("-", 1)[1].split(".")[0]
-    path = download(url, dest / name, progress=progress)
-    digest = sha256_file(path)
-    if not digest.startswith(expected):
-        path.unlink()
-        raise WeightsError(f"{url} arrived with sha256 {digest[:12]}..., but its name says {expected}: deleted it")
-    return path
+    try:
+        torch.hub.download_url_to_file(url, str(dest / name), hash_prefix=expected, progress=progress)
+    except RuntimeError as e:
+        raise WeightsError(f"{url} arrived with the wrong sha256 (its name says {expected}...): deleted it") from e
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise WeightsError(f"cannot download {url} ({getattr(e, 'reason', e)}); are you offline? "
+                           f"Put the file at {dest / name} by hand instead") from None
+    return dest / name
 
 
 class _Normalized(torch.nn.Module):
@@ -139,11 +160,12 @@ class _Normalized(torch.nn.Module):
 def load(m: VOCModel, path: str | os.PathLike | None = None) -> torch.nn.Module:
     path = Path(path) if path else find(m)
     if path is None or not path.exists():
-        raise WeightsError(f"{m.name} is not on this machine; get it with: python -m segviz weights download {m.name}")
+        raise WeightsError(f"{m.name}.voc is not on this machine; get it with: "
+                           f"python -m segviz weights download {m.name}.voc")
     if m.source == "coral":
         if sha256_file(path) != m.sha256:
             raise WeightsError(f"{path} is not the published {m.file} (sha256 differs); delete it and download again")
-        from .models.tflite_port import TFLiteGraph
+        from ..models.tflite_port import TFLiteGraph
 
         return TFLiteGraph(path)
     import torchvision

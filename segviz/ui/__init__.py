@@ -35,8 +35,11 @@ def build():
         gr.Markdown("# segviz\nThe classic semantic-segmentation architectures, side by side. " + device_line(),
                     elem_id="header")
         with gr.Tabs():
-            compare.build_tab(gr, user_error)
-            receptive_field.build_tab(gr, user_error)
+            narrow, model_set, outputs = compare.build_tab(gr, user_error)
+            rf_narrow, rf_set, rf_outputs = receptive_field.build_tab(gr, user_error)
             dilation.build_tab(gr, user_error)
             models.build_tab(gr)
+        # Each page shows one set's models; an API client may name any ready model.
+        demo.load(narrow, model_set, outputs, api_name=False)
+        demo.load(rf_narrow, rf_set, rf_outputs, api_name=False)
     return demo

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import viz
-from ..compare import Comparison, compare, comparison_card, crf_views, get_model_set, metrics_table, overlays
+from .. import records
+from ..compare import Comparison, compare, comparison_card, crf_views, metrics_table, overlays, resolve
 from ..preprocess import prepare_image, prepare_mask
 
 
@@ -35,12 +36,21 @@ def example_images(limit: int = 6) -> list[str]:
     return [str(img) for img, _ in pairs[::step][:limit]]
 
 
-def model_choices(model_set: str) -> tuple[list[str], str]:
-    """The architectures that can run, and a line naming those that cannot (and why)."""
-    models = get_model_set(model_set).models()
-    ready = [n for n, why in models if why is None]
-    waiting = [f"{n} ({why})" for n, why in models if why is not None]
+def model_choices(dataset: str) -> tuple[list[tuple[str, str]], str]:
+    """(label, record name) of the models of ``dataset`` that can run, and a line naming those
+    that cannot (and why)."""
+    every = [(r, r.missing()) for r in records.records(dataset)]
+    ready = [(f"{r.title} · {r.network}" if not r.trained_here else r.title, r.name) for r, why in every if why is None]
+    waiting = [f"{r.name} ({why})" for r, why in every if why is not None]
     return ready, ("Not available: " + ", ".join(waiting)) if waiting else ""
+
+
+def ready_names(dataset: str) -> list[str]:
+    return [name for _, name in model_choices(dataset)[0]]
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    return [(d.title.split(":")[0].split(" (")[0], name) for name, d in records.datasets().items()]
 
 
 def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
@@ -56,18 +66,19 @@ def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=
                      float(bilateral_srgb), float(bilateral_compat), float(scale)).check()
 
 
-def run_compare(image, model_set: str, names: list[str], alpha: float, gt=None, progress=None, crf=None) -> dict:
-    """Everything the Compare tab shows for one click of Run (``crf``: CRFParams or None)."""
+def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None) -> dict:
+    """Everything the Compare tab shows for one click of Run (``names``: record names of one label
+    set; ``crf``: CRFParams or None). Stateless: the names alone say which models and label set."""
+    if not names:
+        raise ValueError("select at least one model")
     prepared = prepare_image(image)
     notes = list(prepared.notes)
-    labelset = get_model_set(model_set).labelset
+    labelset = resolve(list(names))[0].labels
     mask = None
     if gt is not None:
         mask = prepare_mask(gt, prepared.image.shape[:2], labelset.num_classes, labelset.ignore_index,
                             prepared.original_size)
-    if not names:
-        raise ValueError("select at least one architecture")
-    c = compare(prepared.image, list(names), model_set, mask, progress, crf_params=crf)
+    c = compare(prepared.image, list(names), mask, progress, crf_params=crf)
     maps = c.shown()
     present = set(np.unique(np.stack(maps)).tolist())
     result = {
@@ -127,6 +138,9 @@ def crf_panel(gr) -> list:
 def build_tab(gr, user_error):
     """The Compare tab's widgets and events. ``user_error`` turns bad input into a UI message."""
     ready, waiting = model_choices("camvid")
+    # Every ready model of every set is a valid choice, so that an API call works from a fresh client whatever
+    # the radio shows (the page narrows the boxes to one set when it loads).
+    every = [choice for d in records.datasets() for choice in model_choices(d)[0]]
     with gr.Tab("Compare", id="compare"):
         view = gr.State(None)
         with gr.Row():
@@ -136,9 +150,10 @@ def build_tab(gr, user_error):
                 examples = example_images()
                 if examples:
                     gr.Examples(examples, inputs=image, label="CamVid val frames")
-                model_set = gr.Radio([("CamVid (trained here)", "camvid"), ("PASCAL VOC", "voc")], value="camvid",
-                                     label="Model set", elem_id="model-set")
-                names = gr.CheckboxGroup(ready, value=ready, label="Architectures", elem_id="architectures")
+                model_set = gr.Radio(dataset_choices(), value="camvid", label="Model set (label set)",
+                                     elem_id="model-set")
+                names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Architectures",
+                                         elem_id="architectures")
                 unavailable = gr.Markdown(waiting)
                 run = gr.Button("Run all", variant="primary", elem_id="run")
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
@@ -169,11 +184,10 @@ def build_tab(gr, user_error):
                     export = gr.Button("Export comparison card")
                     card = gr.File(label="Comparison card (.zip)")
 
-        def on_run(image, model_set, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
+        def on_run(image, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
             with user_error():
                 crf = crf_settings(use_crf, *crf_values)
-                r = run_compare(image, model_set, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg),
-                                crf=crf)
+                r = run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf)
             header, rows = r["metrics"]
             note = " · ".join(r["notes"])
             crf_names = list(r["crf"])
@@ -192,13 +206,13 @@ def build_tab(gr, user_error):
 
         def on_model_set(model_set):
             ready, waiting = model_choices(model_set)
-            return gr.CheckboxGroup(choices=ready, value=ready), waiting
+            return gr.CheckboxGroup(choices=ready, value=[n for _, n in ready]), waiting
 
         def on_export(view):
             with user_error():
                 return export_card(view)
 
-        run.click(on_run, [image, model_set, names, alpha, gt, *crf_controls],
+        run.click(on_run, [image, names, alpha, gt, *crf_controls],
                   [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics, crf_model,
                    crf_slider, crf_changed],
                   api_name="compare", concurrency_limit=1)
@@ -206,3 +220,4 @@ def build_tab(gr, user_error):
         alpha.release(restyle, [view, alpha], gallery, api_name="restyle")
         model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")
+    return on_model_set, model_set, [names, unavailable]

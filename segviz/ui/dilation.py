@@ -35,11 +35,11 @@ def build_tab(gr, user_error):
     from .. import registry
     from .compare import example_images
 
-    from .. import voc
+    from ..data import voc
 
     names = [s.name for s in registry.list_models(compact=True)
              if s.arch in ("deeplabv1", "deeplabv2", "deeplabv3", "dilation8", "pspnet")]
-    names += [m.name for m in voc.catalogue() if m.name.startswith(("coral-", "tv-deeplabv3_"))]
+    names += [f"{m.name}.voc" for m in voc.catalogue() if m.name.startswith("deeplabv3_")]
     with gr.Tab("Dilation", id="dilation"):
         with gr.Row():
             with gr.Column():

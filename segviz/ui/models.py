@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import PROJECT_ROOT, registry
-from ..weights import read_manifest
+from .. import PROJECT_ROOT, records, registry
 
 BENCH_FILE = PROJECT_ROOT / "assets" / "bench.json"
 
-HEADERS = ["model", "paper", "year", "arXiv", "key idea", "VOC12 test mIoU (review)", "params (M)",
-           "CamVid val mIoU (ours)", "latency 360x480 CPU (ms)"]
+HEADERS = ["model", "trained on", "paper", "year", "arXiv", "key idea", "VOC12 test mIoU (review)", "params (M)",
+           "val mIoU (ours)", "held-out sequence mIoU (ours)", "latency 360x480 CPU (ms)"]
 
 
 def models_html() -> str:
@@ -22,7 +21,7 @@ def models_html() -> str:
     for row in model_rows():
         cells = []
         for i, v in enumerate(row):
-            if i == 3:  # arXiv: a markdown link [id](url)
+            if i == 4 and v:  # arXiv: a markdown link [id](url)
                 arxiv, url = v[1:].split("](")
                 cells.append(f'<td><a href="{html.escape(url[:-1])}" target="_blank">{html.escape(arxiv)}</a></td>')
             else:
@@ -33,24 +32,33 @@ def models_html() -> str:
 
 
 def model_rows() -> list[list]:
-    manifest = read_manifest()
+    """One row per trained model (every record), then the compact architectures not trained yet."""
     latency = {}
     if BENCH_FILE.exists():
         latency = {r["name"]: r["ms"] for r in json.loads(BENCH_FILE.read_text())["models"]}
-    rows = []
+    rows, trained = [], set()
+    for r in records.all_records():
+        spec = r.spec
+        trained.add(r.network)
+        m = r.metrics
+        held = m.get("heldout", {})
+        rows.append([r.name, r.dataset.name, spec.paper if spec else r.title, spec.year if spec else "",
+                     f"[{spec.arxiv}]({spec.arxiv_url})" if spec else "", spec.key_idea if spec else r.note,
+                     (spec.voc12_miou or "") if spec else "",
+                     round(m["num_params"] / 1e6, 2) if "num_params" in m else "",
+                     m.get("val_miou", ""), f"{held['miou']} ({held['split']})" if held else "",
+                     latency.get(r.network, "")])
     for s in registry.list_models(compact=True):
-        entry = manifest.get(s.name, {})
-        rows.append([s.name, s.paper, s.year, f"[{s.arxiv}]({s.arxiv_url})", s.key_idea,
-                     s.voc12_miou if s.voc12_miou is not None else "",
-                     round((entry.get("num_params") or registry.count_params(registry.build(s.name, num_classes=11)))
-                           / 1e6, 2),  # building a model only for those without a manifest entry
-                     entry.get("val_miou", "not trained yet"), latency.get(s.name, "")])
+        if s.name not in trained:
+            rows.append([s.name, "not trained yet", s.paper, s.year, f"[{s.arxiv}]({s.arxiv_url})", s.key_idea,
+                         s.voc12_miou or "", round(registry.count_params(registry.build(s.name, num_classes=11)) / 1e6, 2),
+                         "", "", latency.get(s.name, "")])
     return rows
 
 
 def build_tab(gr):
     with gr.Tab("Models", id="models"):
-        gr.Markdown("The compact (EfficientNet-Lite0) configuration of each architecture, trained on CamVid here. "
-                    "VOC12 scores are the PASCAL VOC 2012 test mIoU the 2017 review quotes for the papers' own models; "
+        gr.Markdown("Every trained model: the compact (EfficientNet-Lite0) configuration of each architecture, "
+                    "trained on CamVid here, and the PASCAL VOC models trained by others. VOC12 scores are the PASCAL VOC 2012 test mIoU the 2017 review quotes for the papers' own models; "
                     "latency comes from `python -m segviz bench` (assets/bench.json).")
         return gr.HTML(models_html(), elem_id="models-table")

@@ -6,15 +6,16 @@ import functools
 import numpy as np
 
 from .. import viz
-from ..compare import get_model_set, runnable
+from .. import records
+from ..compare import load, resolve
 from ..preprocess import prepare_image
 from ..receptive_field import describe, effective_field, erf_extent, field_box, trace
 
 
 @functools.lru_cache(maxsize=64)
-def theoretical_field(model_set: str, name: str, size: tuple[int, int]):
+def theoretical_field(name: str, size: tuple[int, int]):
     """Traced once per model and image size (the weights do not matter, the graph does)."""
-    return trace(get_model_set(model_set).load(name), size)[1]["out"]
+    return trace(load(name), size)[1]["out"]
 
 
 def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
@@ -24,31 +25,32 @@ def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
     return min(int(y * sy), working_size[0] - 1), min(int(x * sx), working_size[1] - 1)
 
 
-def erf_grid(image, pixel, names, model_set: str = "camvid", class_name: str | None = None,
-             random_inputs: int = 0, progress=None):
+def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: int = 0, progress=None):
     """Per model: the ERF heatmap of ``pixel`` with the theoretical field drawn as a box, and a
     table row (model, class, theoretical field, ERF extent at 5% of its peak)."""
     prepared = prepare_image(image)
     img = prepared.image
     size = img.shape[:2]
     pixel = scale_pixel(pixel, prepared.original_size, size)
-    mset = get_model_set(model_set)
-    classes = list(mset.labelset.classes)
+    if not names:
+        raise ValueError("select at least one model")
+    todo = resolve(list(names))
+    classes = list(todo[0].labels.classes)
+    if class_name not in (None, "", "predicted") and class_name not in classes:
+        raise ValueError(f"unknown class {class_name!r} for {todo[0].dataset.name}; choose one of: {', '.join(classes)}")
     class_index = None if class_name in (None, "", "predicted") else classes.index(class_name)
     tiles, rows = [], []
-    todo = runnable(mset, list(names))
-    if not todo:
-        raise ValueError("select at least one model with trained weights")
-    for i, name in enumerate(todo):
+    for i, r in enumerate(todo):
+        name = r.name
         if progress:
-            progress(i / len(todo), f"gradients of {name}")
-        erf, c = effective_field(mset.load(name), img, pixel, class_index, samples=random_inputs)
-        field = theoretical_field(model_set, name, size)
+            progress(i / len(todo), f"gradients of {r.title}")
+        erf, c = effective_field(load(name), img, pixel, class_index, samples=random_inputs)
+        field = theoretical_field(name, size)
         ey, ex = erf_extent(erf)
         tile = viz.draw_box(viz.heatmap_overlay(img, erf), field_box(field, pixel, size), pixel)
         cls = classes[c] if c is not None else "predicted (random inputs)"
-        tiles.append((tile, f"{name} · {cls}"))
-        rows.append([name, cls, describe(field), f"{ey} x {ex} px"])
+        tiles.append((tile, f"{r.title} · {cls}"))
+        rows.append([r.title, cls, describe(field), f"{ey} x {ex} px"])
     return tiles, rows, pixel
 
 
@@ -56,9 +58,10 @@ HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]
 
 
 def build_tab(gr, user_error):
-    from .compare import example_images, model_choices
+    from .compare import dataset_choices, example_images, model_choices
 
     ready, _ = model_choices("camvid")
+    every = [choice for d in records.datasets() for choice in model_choices(d)[0]]  # valid from any fresh client
     with gr.Tab("Receptive field", id="receptive-field"):
         gr.Markdown("Click a pixel. Each tile shows the **effective receptive field** (|d logit / d input|, "
                     "Luo et al. 2016) as a heatmap and the **theoretical field** as a cyan box: the effective "
@@ -72,11 +75,11 @@ def build_tab(gr, user_error):
                 if examples:
                     gr.Examples(examples[:3], inputs=image)
                 where = gr.Markdown("Pixel: (y=180, x=240)")
-                model_set = gr.Radio([("CamVid (trained here)", "camvid"), ("PASCAL VOC", "voc")], value="camvid",
-                                     label="Model set")
-                names = gr.CheckboxGroup(ready, value=ready, label="Models", elem_id="rf-models")
-                cls = gr.Dropdown(["predicted"] + list(get_model_set("camvid").labelset.classes), value="predicted",
-                                  label="Class whose logit is differentiated")
+                model_set = gr.Radio(dataset_choices(), value="camvid", label="Model set")
+                names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Models", elem_id="rf-models")
+                cls = gr.Dropdown(["predicted"] + list(records.datasets()["camvid"].labels.classes),
+                                  value="predicted", label="Class whose logit is differentiated",
+                                  allow_custom_value=True)  # erf_grid checks the class against the models' set
                 random = gr.Checkbox(False, label="Image-independent: average over 4 random inputs")
                 run = gr.Button("Show fields", variant="primary", elem_id="rf-run")
             with gr.Column(scale=2):
@@ -88,18 +91,20 @@ def build_tab(gr, user_error):
             x, y = evt.index
             return (y, x), f"Pixel: (y={y}, x={x})"
 
-        def on_run(image, pixel, model_set, names, cls, random, progress=gr.Progress()):
+        def on_run(image, pixel, names, cls, random, progress=gr.Progress()):
             with user_error():
-                tiles, rows, _ = erf_grid(image, tuple(pixel), names, model_set, cls, 4 if random else 0,
+                tiles, rows, _ = erf_grid(image, tuple(pixel), names, cls, 4 if random else 0,
                                           progress=lambda f, m: progress(f, desc=m))
             return tiles, rows
 
         def on_model_set(model_set):
             ready, _ = model_choices(model_set)
-            classes = ["predicted"] + list(get_model_set(model_set).labelset.classes)
-            return gr.CheckboxGroup(choices=ready, value=ready[:4]), gr.Dropdown(choices=classes, value="predicted")
+            classes = ["predicted"] + list(records.datasets()[model_set].labels.classes)
+            return gr.CheckboxGroup(choices=ready, value=[n for _, n in ready][:4]), gr.Dropdown(choices=classes,
+                                                                                               value="predicted")
 
         image.select(on_select, None, [pixel, where])
-        run.click(on_run, [image, pixel, model_set, names, cls, random], [grid, table], api_name="receptive_field",
+        run.click(on_run, [image, pixel, names, cls, random], [grid, table], api_name="receptive_field",
                   concurrency_limit=1)
         model_set.change(on_model_set, model_set, [names, cls], api_name=False)
+    return on_model_set, model_set, [names, cls]
