@@ -1,9 +1,11 @@
 """Forward latency of each model against torchvision's ``deeplabv3_resnet50`` in the same process.
 
-Timings are medians of ``runs`` forwards after ``warmup`` forwards, fp32, ``torch.inference_mode``.
-Our models run channels_last (faster on these CPUs). The reference is timed twice: as
-torchvision builds it (contiguous; the ratios are against this one) and channels_last too,
-so that a reader can see how much of the gap is memory layout.
+Timings are medians of ``runs`` forwards after ``warmup`` forwards, fp32. Every model is timed
+on every backend (:mod:`segviz.backends`: torch contiguous, torch channels_last, OpenVINO,
+ONNX Runtime) with its trained weights when it has them; the fastest backend that agrees with
+torch is the one the app would choose. The reference is timed twice: as torchvision builds it
+(contiguous; ``ratio`` is against this one) and channels_last; the headline ratio is against the
+faster of the two.
 """
 from __future__ import annotations
 
@@ -43,31 +45,51 @@ def reference_model() -> torch.nn.Module:
                                                               aux_loss=False)
 
 
+def _trained_or_random(name: str, num_classes: int) -> tuple[torch.nn.Module, str | None]:
+    """The trained weights of registry model ``name`` when there is a record, else random weights."""
+    for r in records.all_records():
+        if r.trained_here and r.network == name and r.missing() is None:
+            return r.load(), r.sha256
+    return registry.build(name, num_classes=num_classes), None
+
+
 def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, device: str = "cpu",
-          num_classes: int = 11, progress=None) -> dict:
+          num_classes: int = 11, progress=None, backends: tuple[str, ...] | None = None) -> dict:
+    """Per model: every backend's median forward (ms) and arg-max agreement with torch, the backend
+    :func:`segviz.backends.fastest` picks, and ratios against torchvision's ``deeplabv3_resnet50``
+    timed in the same process (as built, channels_last, and the faster of the two)."""
+    from . import backends as be
+
     dev = torch.device(device)
-    x = torch.rand(1, 3, *size, device=dev).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, *size, device=dev)
     ref = reference_model().to(dev).eval()
     ref_s = time_forward(ref, x.contiguous(), warmup, runs)  # as torchvision builds and users run it
-    ref_cl_s = time_forward(ref.to(memory_format=torch.channels_last), x, warmup, runs)  # given our layout
+    ref_cl_s = time_forward(ref.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last),
+                            warmup, runs)
     del ref
+    fastest_ref_ms = min(ref_s, ref_cl_s) * 1000
+    which = tuple(backends or (be.BACKENDS if dev.type == "cpu" else ("torch",)))
+    trained = set(trained_networks())
     rows = []
     for name in names:
         spec = registry.get_spec(name)
-        model = registry.build(name, num_classes=num_classes).to(dev, memory_format=torch.channels_last).eval()
-        s = time_forward(model, x, warmup, runs)
-        rows.append({"name": name, "compact": spec.compact, "ms": round(s * 1000, 1), "ratio": round(s / ref_s, 3)})
+        model, _ = _trained_or_random(name, num_classes)
+        model = model.to(dev).eval()
+        measured = be.measure(model, None, size=size, backends=which, runs=runs)
+        chosen = be.fastest(measured)
+        ms = measured[chosen]["ms"]
+        rows.append({"name": name, "compact": spec.compact, "trained": name in trained, "backends": measured,
+                     "backend": chosen, "ms": ms, "ratio": round(ms / (ref_s * 1000), 3)})
         if progress:
             progress(rows[-1])
-    trained = set(trained_networks())
-    for r in rows:
-        r["trained"] = r["name"] in trained
     compact = sum(r["ms"] for r in rows if r["compact"] and r["trained"])
     return {"size": list(size), "device": str(dev), "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
+            "cpu": be.cpu_name(), "versions": be.versions(),
             "reference": {"name": "torchvision deeplabv3_resnet50 (random weights)", "ms": round(ref_s * 1000, 1)},
             "reference_channels_last": {"ms": round(ref_cl_s * 1000, 1)},
             "models": rows, "compact_sum_ms": round(compact, 1), "compact_sum_ratio": round(compact / (ref_s * 1000), 3),
-            "compact_sum_ratio_channels_last": round(compact / (ref_cl_s * 1000), 3)}
+            "compact_sum_ratio_channels_last": round(compact / (ref_cl_s * 1000), 3),
+            "compact_sum_ratio_fastest_reference": round(compact / fastest_ref_ms, 3)}
 
 
 def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int = 5, seed: int = 0) -> dict:

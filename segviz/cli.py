@@ -118,19 +118,33 @@ def cmd_bench(args) -> int:
 
     names = args.models or ([s.name for s in list_models()] if args.all else
                             trained_networks() + [s.name for s in list_models(compact=True) if s.name not in trained_networks()])
+    from .backends import BACKENDS
+
+    which = tuple(args.backend) if args.backend else None
+    shown = which or BACKENDS
     if not args.json:
-        print(f"{'model':32} {'ms':>8} {'x ref':>7}")
+        print(f"{'model':32} " + " ".join(f"{b:>19}" for b in shown) + f" {'chosen':>19} {'x ref':>7}")
+
+    def row(r):
+        cells = [f"{r['backends'][b]['ms']:19.1f}" if "ms" in r["backends"].get(b, {}) else f"{'-':>19}" for b in shown]
+        print(f"{r['name']:32} " + " ".join(cells) + f" {r['backend']:>19} {r['ratio']:7.3f}")
+
     result = bench(names, size=args.size, warmup=args.warmup, runs=args.runs, device=args.device,
-                   progress=None if args.json else lambda r: print(f"{r['name']:32} {r['ms']:8.1f} {r['ratio']:7.3f}"))
+                   progress=None if args.json else row, backends=which)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         ref = result["reference"]
         print(f"{'reference: ' + ref['name']:32} {ref['ms']:8.1f}   1.000")
         print(f"{'reference, channels_last':32} {result['reference_channels_last']['ms']:8.1f}")
-        print(f"sum of trained compact models: {result['compact_sum_ms']:.1f} ms = {result['compact_sum_ratio']:.3f} x reference "
-              f"({result['compact_sum_ratio_channels_last']:.3f} x the channels_last reference; "
-              f"{result['size'][0]}x{result['size'][1]}, {result['threads']} threads, {result['device']})")
+        for r in result["models"]:
+            for b, m in r["backends"].items():
+                if "error" in m:
+                    print(f"  {r['name']} on {b}: {m['error']}")
+        print(f"sum of trained compact models (chosen backends): {result['compact_sum_ms']:.1f} ms = "
+              f"{result['compact_sum_ratio_fastest_reference']:.3f} x the reference's faster layout "
+              f"({result['compact_sum_ratio']:.3f} x as built; {result['size'][0]}x{result['size'][1]}, "
+              f"{result['threads']} threads, {result['device']}, {result['cpu']})")
     return 0
 
 
@@ -374,9 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=_size, default=(360, 480))
     b.add_argument("--models", nargs="*", default=None, help="default: every compact model")
     b.add_argument("--all", action="store_true", help="every registered model (paper-faithful ones are slow on a CPU)")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--runs", type=int, default=5)
-    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--warmup", type=_int_at_least(0), default=2)
+    b.add_argument("--runs", type=_int_at_least(1), default=5)
+    b.add_argument("--threads", type=_int_at_least(1), default=None)
+    b.add_argument("--backend", nargs="+", default=None, choices=["torch", "torch-channels-last", "openvino", "onnxruntime"],
+                   help="time only these backends (default: every one)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crf", action="store_true", help="time the dense CRF wrapper against raw pydensecrf instead")
     b.add_argument("--erf", action="store_true", help="time the effective-receptive-field grid instead")

@@ -48,6 +48,7 @@ class Prediction:
     labels: np.ndarray  # (H, W) uint8
     ms: float  # forward latency
     probs: np.ndarray | None = field(default=None, repr=False)  # (C, H, W), kept for the CRF
+    backend: str = "torch"  # what ran it (segviz.backends)
 
 
 _CACHE: OrderedDict = OrderedDict()
@@ -67,11 +68,13 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Predi
     if hit is not None and (hit.probs is not None or not keep_probs):
         _CACHE.move_to_end(key)
         return hit
-    model = load(name)
+    from .inference import load_runner
+
+    runner = load_runner(name)
     t = time.perf_counter()
-    probs = predict(model, image)
+    probs = predict(runner, image)
     ms = (time.perf_counter() - t) * 1000
-    result = Prediction(name, probs.argmax(0).astype(np.uint8), ms, probs if keep_probs else None)
+    result = Prediction(name, probs.argmax(0).astype(np.uint8), ms, probs if keep_probs else None, runner.backend)
     _CACHE[key] = result
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -145,7 +148,7 @@ def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, p
 
 def overlays(c: Comparison, alpha: float) -> list[tuple[np.ndarray, str]]:
     tag = " · CRF" if c.refined else ""
-    return [(viz.overlay(c.image, labels, c.labels, alpha), f"{r.title} · {p.ms:.0f} ms{tag}")
+    return [(viz.overlay(c.image, labels, c.labels, alpha), f"{r.title} · {p.ms:.0f} ms · {p.backend}{tag}")
             for r, p, labels in zip(c.records, c.predictions, c.shown())]
 
 
@@ -190,7 +193,7 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None) -
             "dataset": c.records[0].dataset.name, "classes": list(c.labels.classes),
             "image_size": list(c.image.shape[:2]),
             "models": [{"name": r.name, "title": r.title, "weights_file": r.file, "weights_sha256": r.sha256,
-                        "latency_ms": round(p.ms, 1)} for r, p in zip(c.records, c.predictions)],
+                        "latency_ms": round(p.ms, 1), "backend": p.backend} for r, p in zip(c.records, c.predictions)],
             "settings": {"opacity": alpha, "crf": c.crf_params.as_dict() if c.crf_params else None,
                          **(settings or {})},
             "metrics": c.metrics,

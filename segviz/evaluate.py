@@ -13,12 +13,24 @@ def to_tensor(image: np.ndarray, device="cpu") -> torch.Tensor:
     return torch.from_numpy(np.array(image, copy=True)).to(device).permute(2, 0, 1)[None].float().div_(255)
 
 
+def layout(model: torch.nn.Module) -> torch.memory_format:
+    """The memory format a module's convolution weights are in (its inputs should match)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            channels_last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            return torch.channels_last if channels_last else torch.contiguous_format
+    return torch.contiguous_format
+
+
 @torch.inference_mode()
 def predict_logits(model, image: np.ndarray, device="cpu") -> torch.Tensor:
-    """Logits (1, C, H, W) of one RGB image at its own size."""
-    x = model.normalize(to_tensor(image, device)).contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
+    """Logits (1, C, H, W) of one RGB image at its own size; ``model`` is a module or a
+    :class:`segviz.backends.Runner`."""
+    x = model.normalize(to_tensor(image, device))
+    if not isinstance(model, torch.nn.Module):
         return model(x)["out"].float()
+    with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
+        return model(x.contiguous(memory_format=layout(model)))["out"].float()
 
 
 def evaluate(model, dataset, device="cpu", progress: bool = True) -> dict:

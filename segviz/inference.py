@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import numpy as np
 import torch
@@ -42,7 +43,43 @@ def load_model(name: str, weights: str | None = None, device: str | None = None,
     return model.to(dev, memory_format=torch.channels_last).eval()
 
 
-def predict(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """Softmax probabilities (C, H, W) float32 of one RGB uint8 image."""
-    device = next(model.parameters()).device
+_runner_lock = threading.Lock()
+
+
+def load_runner(name: str, backend: str | None = None, manifest: str = str(MANIFEST)):
+    """See :func:`_load_runner`; one thread at a time prepares runners (the app's warm-up thread and a
+    request may ask for the same model at once)."""
+    with _runner_lock:
+        return _load_runner(name, backend, manifest)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_runner(name: str, backend: str | None = None, manifest: str = str(MANIFEST)):
+    """The record ``name`` ready to predict on the backend chosen for this machine
+    (:func:`segviz.backends.runner`: measured at first use, remembered, ``SEGVIZ_BACKEND`` overrides).
+    Foreign networks without an exporter-friendly graph (the TFLite port) stay on torch."""
+    from . import backends
+
+    record = records.get(name, manifest)
+    model = load_model(record.name, manifest=manifest)
+    if not record.trained_here:
+        return backends.make(model, "torch")
+    return backends.runner(model, record.sha256, backend)
+
+
+def predict(model, image: np.ndarray) -> np.ndarray:
+    """Softmax probabilities (C, H, W) float32 of one RGB uint8 image (a module or a backend runner)."""
+    device = model.device if hasattr(model, "device") else next(model.parameters()).device
     return predict_logits(model, image, device).softmax(1)[0].cpu().numpy()
+
+
+def warm_up(dataset: str = "camvid", log=print) -> None:
+    """Prepare every ready model of ``dataset`` on its backend (measured and converted once per
+    machine, then remembered), so that the first comparison does not pay for it."""
+    import time
+
+    for r in records.records(dataset):
+        if r.missing() is None:
+            t = time.perf_counter()
+            runner = load_runner(r.name)
+            log(f"{r.name}: {runner.backend} ({time.perf_counter() - t:.1f} s)")

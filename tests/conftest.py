@@ -5,6 +5,9 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests run on plain torch (deterministic, no conversions) unless they choose a backend themselves
+# (tests/test_backends.py, which also keeps its converted models in a throwaway cache).
+os.environ.setdefault("SEGVIZ_BACKEND", "torch")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -37,14 +37,19 @@ def test_rf_command_reports_the_context_module(capsys):
     assert result["output"]["whole_image"] is False
 
 
-def test_bench_json_has_ratios_against_the_reference(capsys):
+def test_bench_json_has_backends_choice_and_ratios(capsys):
     code, out, _ = run(capsys, "bench", "--models", "fcn8s_efficientnet_lite0", "--size", "64x96", "--runs", "1",
-                       "--warmup", "0", "--json")
+                       "--warmup", "0", "--backend", "torch", "torch-channels-last", "--json")
     result = json.loads(out)
     row = result["models"][0]
-    assert code == 0 and result["reference"]["ms"] > 0 and row["ratio"] == pytest.approx(
-        row["ms"] / result["reference"]["ms"], rel=0.02)
+    ref = result["reference"]["ms"]
+    assert code == 0 and ref > 0 and set(row["backends"]) == {"torch", "torch-channels-last"}
+    timed = {b: m["ms"] for b, m in row["backends"].items()}
+    assert row["backend"] == min(timed, key=timed.get) and row["ms"] == timed[row["backend"]]
+    assert row["ratio"] == pytest.approx(row["ms"] / ref, abs=0.001)
     assert row["trained"] and result["compact_sum_ms"] == row["ms"]  # the sum counts trained compact models
+    fastest = min(ref, result["reference_channels_last"]["ms"])
+    assert result["compact_sum_ratio_fastest_reference"] == pytest.approx(row["ms"] / fastest, abs=0.001)
 
 
 def test_report_prints_the_bundled_models(capsys):

@@ -1,0 +1,291 @@
+"""Inference backends, chosen per model and per machine by measurement.
+
+The same trained network can run as:
+
+- ``torch``: PyTorch eager, contiguous (NCHW) memory;
+- ``torch-channels-last``: PyTorch eager, channels_last memory (faster on some CPUs, about 3x
+  slower for dilated depthwise convolutions on others, e.g. AVX2-only EPYCs);
+- ``openvino``: the module converted by OpenVINO (``openvino.convert_model``), compiled for the CPU
+  in fp32 with dynamic height and width;
+- ``onnxruntime``: exported to ONNX (``torch.onnx.export``) and run by ONNX Runtime.
+
+No layout or backend is fastest everywhere, so at a model's first use on a machine
+:func:`runner` times every available backend on one 360x480 input, keeps the fastest whose
+arg-max agrees with PyTorch's on at least 99.9% of the pixels, and remembers the choice in the
+user cache (``~/.cache/segviz/backends.json``) under a key made of the CPU model, the thread
+count, the library versions and the weights' sha256. ``SEGVIZ_BACKEND=NAME`` (or ``--backend``
+in the CLI) overrides the choice. On CUDA the model stays on PyTorch with fp16 autocast.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+BACKENDS = ("torch", "torch-channels-last", "openvino", "onnxruntime")
+PROBE_SIZE = (360, 480)
+MIN_AGREEMENT = 0.999
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEGVIZ_CACHE", Path.home() / ".cache" / "segviz"))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str | None]:
+    out = {"torch": torch.__version__}
+    for name in ("openvino", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - missing or broken: that backend is unavailable
+            out[name] = None
+    return out
+
+
+def missing(backend: str) -> str | None:
+    """None when ``backend`` can run here; otherwise why not (one line)."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}"
+    if backend in ("openvino", "onnxruntime") and versions()[backend] is None:
+        return f"{backend} is not installed (pip install {backend})"
+    if backend == "onnxruntime":
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        except ImportError:
+            return "onnx is not installed (pip install onnx)"
+    return None
+
+
+@dataclass
+class Runner:
+    """A model ready to run: ``runner(x)`` takes normalised (N, 3, H, W) floats and returns
+    ``{"out": logits}`` like the module; ``backend`` says what runs it."""
+
+    backend: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    note: str | None = None  # why the backend asked for could not run, if so
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.fn(x)}
+
+
+class _Logits(torch.nn.Module):
+    """The module with a tensor output, as exporters want it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
+def _torch(model: torch.nn.Module, layout: torch.memory_format) -> Callable:
+    model = model.to(memory_format=layout).eval()
+    device = next(model.parameters()).device
+
+    def run(x):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            return model(x.to(device).contiguous(memory_format=layout))["out"].float()
+    return run
+
+
+def _openvino(model: torch.nn.Module, key: str | None) -> Callable:
+    import openvino as ov
+
+    core = ov.Core()
+    xml = cache_dir() / "openvino" / f"{key}.xml" if key else None
+    if xml is not None and xml.exists():
+        ir = core.read_model(str(xml))
+    else:
+        example = torch.zeros(1, 3, 64, 64)
+        ir = ov.convert_model(_Logits(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)).eval(),
+                              example_input=example, input=[ov.PartialShape([1, 3, -1, -1])])
+        if xml is not None:
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            tmp = xml.with_name(xml.stem + f".{os.getpid()}.tmp.xml")
+            ov.save_model(ir, str(tmp), compress_to_fp16=False)
+            os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+            os.replace(tmp, xml)
+    compiled = core.compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                              "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    local = threading.local()  # one infer request per thread
+
+    def run(x):
+        if not hasattr(local, "request"):
+            local.request = compiled.create_infer_request()
+        out = local.request.infer([np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)])
+        return torch.from_numpy(np.array(out[0], copy=True))
+    return run
+
+
+def _onnxruntime(model: torch.nn.Module, key: str | None) -> Callable:
+    import onnxruntime as ort
+
+    path = cache_dir() / "onnx" / f"{key}.onnx" if key else None
+    if path is None or not path.exists():
+        target = path or Path(os.environ.get("TMPDIR", "/tmp")) / f"segviz-{os.getpid()}-{id(model)}.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.stem + f".{os.getpid()}.tmp.onnx")
+        net = _Logits(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)).eval()
+        torch.onnx.export(net, (torch.zeros(1, 3, 96, 128),), str(tmp), input_names=["x"], output_names=["out"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}, "out": {2: "h", 3: "w"}}, opset_version=17,
+                          dynamo=False)
+        os.replace(tmp, target)
+        path = target
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        out = session.run(None, {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+        return torch.from_numpy(out[0])
+    return run
+
+
+def make(model: torch.nn.Module, backend: str, key: str | None = None) -> Runner:
+    """``model`` (eval mode, weights loaded) as a :class:`Runner` on ``backend``; ``key`` names the
+    converted files in the user cache (the weights' sha256)."""
+    why = missing(backend)
+    if why:
+        raise ValueError(why)
+    device = next(model.parameters()).device
+    if device.type != "cpu" and backend not in ("torch", "torch-channels-last"):
+        raise ValueError(f"{backend} runs on the CPU only; the model is on {device}")
+    if backend == "torch":
+        fn = _torch(model, torch.contiguous_format)
+    elif backend == "torch-channels-last":
+        fn = _torch(model, torch.channels_last)
+    elif backend == "openvino":
+        fn = _openvino(model, key)
+    else:
+        fn = _onnxruntime(model, key)
+    return Runner(backend, fn, model.normalize, device)
+
+
+def _median_ms(fn, x, warmup: int = 1, runs: int = 3) -> float:
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def measure(model: torch.nn.Module, key: str | None = None, size=PROBE_SIZE, backends=BACKENDS,
+            runs: int = 3) -> dict[str, dict]:
+    """Per backend: median ms of one forward at ``size`` and arg-max agreement with ``torch`` on a
+    smooth random image (or why it cannot run)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, size[0] // 8, size[1] // 8, generator=gen), size=size,
+                                        mode="bilinear", align_corners=False)
+    x = model.normalize(x)
+    reference = make(model, "torch")(x)["out"].argmax(1)
+    out = {}
+    for name in backends:
+        why = missing(name)
+        if why:
+            out[name] = {"error": why}
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                runner = make(model, name, key)  # exporters print whole graphs when they give up
+            agree = float((runner(x)["out"].argmax(1) == reference).float().mean())
+            out[name] = {"ms": round(_median_ms(runner.fn, x, runs=runs), 1), "agreement": round(agree, 5)}
+        except Exception as e:  # noqa: BLE001 - a backend that cannot take this model is reported, not fatal
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    return out
+
+
+def fastest(measured: dict[str, dict]) -> str:
+    ok = {n: m["ms"] for n, m in measured.items() if "ms" in m and m["agreement"] >= MIN_AGREEMENT}
+    return min(ok, key=ok.get) if ok else "torch"
+
+
+def _choices_file() -> Path:
+    return cache_dir() / "backends.json"
+
+
+def machine_key(sha256: str) -> str:
+    v = versions()
+    return (f"{cpu_name()}|threads {torch.get_num_threads()}|torch {v['torch']}|openvino {v['openvino']}|"
+            f"onnxruntime {v['onnxruntime']}|{sha256}")
+
+
+def remembered(sha256: str) -> str | None:
+    try:
+        return json.loads(_choices_file().read_text()).get(machine_key(sha256), {}).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def remember(sha256: str, backend: str, measured: dict) -> None:
+    path = _choices_file()
+    with _lock:
+        try:
+            choices = json.loads(path.read_text())
+        except (OSError, ValueError):
+            choices = {}
+        choices[machine_key(sha256)] = {"backend": backend, "measured": measured}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(choices, indent=1))
+        os.replace(tmp, path)
+
+
+def requested() -> str | None:
+    """The backend forced by ``SEGVIZ_BACKEND`` (None: choose by measurement)."""
+    name = os.environ.get("SEGVIZ_BACKEND") or None
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"SEGVIZ_BACKEND={name!r} is not a backend; choose one of: {', '.join(BACKENDS)}")
+    return name
+
+
+def runner(model: torch.nn.Module, sha256: str | None, backend: str | None = None) -> Runner:
+    """The model on ``backend``, else on ``SEGVIZ_BACKEND``, else on the backend measured fastest on
+    this machine (measured once, then remembered). Falls back to ``torch`` when the chosen backend
+    is not installed, and says why in ``runner.note``."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return make(model, "torch")
+    backend = backend or requested()
+    if backend is None:
+        backend = remembered(sha256) if sha256 else None
+        if backend is None:
+            measured = measure(model, sha256)
+            backend = fastest(measured)
+            if sha256:
+                remember(sha256, backend, measured)
+    note = None
+    why = missing(backend)
+    if why:
+        note, backend = f"{why}; running on torch", "torch"
+    r = make(model, backend, sha256)
+    r.note = note
+    return r
