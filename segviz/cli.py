@@ -1,4 +1,4 @@
-"""``python -m segviz ...``: models, train, eval, bench."""
+"""``python -m segviz ...``: models, predict, train, eval, bench, weights, rf, report, ..."""
 from __future__ import annotations
 
 import argparse
@@ -146,6 +146,15 @@ def cmd_bench(args) -> int:
               f"({result['compact_sum_ratio']:.3f} x as built; {result['size'][0]}x{result['size'][1]}, "
               f"{result['threads']} threads, {result['device']}, {result['cpu']})")
     return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_files
+
+    written, failed = predict_files(args.model, args.images, args.out, crf=args.crf, alpha=args.opacity,
+                                    progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {len(written)} files to {args.out}" + (f"; {len(failed)} image(s) skipped" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_data(args) -> int:
@@ -335,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--max-steps", type=_int_at_least(1), default=None, help="stop after this many steps in all")
     t.set_defaults(func=cmd_train)
+    pr = sub.add_parser("predict", help="label maps (+ overlays) of image files, for one or more models")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--model", action="append", required=True,
+                    help="a trained model (repeat for several): fcn8s_efficientnet_lite0.camvid, deeplabv3_mnv2.voc, ...")
+    pr.add_argument("--out", required=True, help="writes OUT/<model>/<image stem>.png and <stem>_overlay.png")
+    pr.add_argument("--crf", action="store_true", help="refine with the dense CRF (default parameters)")
+    pr.add_argument("--opacity", type=_float_in(0, 1), default=0.6, help="mask opacity of the overlays")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
     d = sub.add_parser("data", help="download a dataset")
     d.add_argument("dataset", choices=["camvid"])
     d.add_argument("--dest", required=True)

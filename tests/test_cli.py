@@ -65,3 +65,41 @@ def test_bad_size_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--size", "big"])
     assert "360x480" in capsys.readouterr().err
+
+
+def test_predict_writes_label_maps_at_the_image_size_for_both_sets(capsys, tmp_path, camvid_root):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import CORAL
+    from segviz.compare import compare
+
+    frame = camvid_root / "val" / "0016E5_07959.png"
+    big = tmp_path / "big.png"  # larger than the 1024 px working size: labels come back at 1100x1300
+    Image.open(frame).resize((1300, 1100)).save(big)
+    code, out, _ = run(capsys, "predict", "--model", "fcn8s_efficientnet_lite0.camvid", "--out", str(tmp_path / "o"),
+                       "--quiet", str(frame), str(big))
+    assert code == 0 and "wrote 4 files" in out
+    labels = np.asarray(Image.open(tmp_path / "o" / "fcn8s_efficientnet_lite0.camvid" / "0016E5_07959.png"))
+    assert labels.shape == (360, 480) and labels.max() < 11
+    same = compare(np.asarray(Image.open(frame).convert("RGB")), ["fcn8s_efficientnet_lite0.camvid"]).shown()[0]
+    assert np.array_equal(labels, same)  # the app's pipeline, pixel for pixel
+    assert np.asarray(Image.open(tmp_path / "o" / "fcn8s_efficientnet_lite0.camvid" / "big.png")).shape == (1100, 1300)
+    overlay = Image.open(tmp_path / "o" / "fcn8s_efficientnet_lite0.camvid" / "0016E5_07959_overlay.png")
+    assert overlay.size == (480, 360) and overlay.mode == "RGB"
+    if (CORAL / "deeplabv3_mnv2_pascal_quant.tflite").exists():
+        code, out, _ = run(capsys, "predict", "--model", "deeplabv3_mnv2.voc", "--out", str(tmp_path / "v"), "--quiet",
+                           str(CORAL / "bird_segmentation.bmp"))
+        bird = np.asarray(Image.open(tmp_path / "v" / "deeplabv3_mnv2.voc" / "bird_segmentation.png"))
+        assert code == 0 and (bird == 3).mean() > 0.05  # VOC id 3 is "bird"
+
+
+def test_predict_skips_bad_images_and_refuses_unknown_models(capsys, tmp_path, camvid_root):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, out, err = run(capsys, "predict", "--model", "fcn8s_efficientnet_lite0", "--out", str(tmp_path / "o"),
+                         "--quiet", str(bad), str(camvid_root / "val" / "0016E5_07959.png"))
+    assert code == 1 and "1 image(s) skipped" in out and "bad.png: not a readable image" in err
+    assert not list((tmp_path / "o" / "fcn8s_efficientnet_lite0.camvid").glob("bad*"))
+    code, _, err = run(capsys, "predict", "--model", "fcn9s", "--out", str(tmp_path / "x"), str(bad))
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x").exists()

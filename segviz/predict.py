@@ -1,0 +1,63 @@
+"""``python -m segviz predict``: label maps and overlays for image files, through the app's pipeline.
+
+For each image and model it writes ``OUT/<model>/<image stem>.png`` (one class id per pixel, at
+the image's own size) and ``OUT/<model>/<image stem>_overlay.png`` (the coloured mask over the
+image). Models are records of either set (``fcn8s_efficientnet_lite0.camvid``,
+``deeplabv3_mnv2.voc``) or registry keys with one record. Files are written atomically.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import viz
+from .compare import compare, resolve
+from .preprocess import InputError, prepare_image
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def predict_files(names: list[str], images: list[str], out: str | os.PathLike, crf: bool = False,
+                  alpha: float = 0.6, progress: bool = True, log=print) -> tuple[list[Path], list[str]]:
+    """Run ``names`` on every image; returns the files written and one line per image that failed."""
+    from tqdm import tqdm
+
+    crf_params = None
+    if crf:
+        from .crf import AVAILABLE, INSTALL_HINT, CRFParams
+
+        if not AVAILABLE:
+            raise ValueError(INSTALL_HINT)
+        crf_params = CRFParams()
+    chosen = resolve(names)  # unknown names, mixed label sets and missing weights fail before any work
+    out = Path(out)
+    for r in chosen:
+        (out / r.name).mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for path in tqdm(images, desc="predict", unit="image", disable=not progress):
+        try:
+            prepared = prepare_image(path)
+        except InputError as e:
+            failed.append(f"{path}: {e}")
+            continue
+        c = compare(prepared.image, [r.name for r in chosen], crf_params=crf_params)
+        h, w = prepared.original_size
+        stem = Path(path).stem
+        for r, labels in zip(chosen, c.shown()):
+            full = labels if labels.shape == (h, w) else np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
+            shown = viz.overlay(prepared.image, labels, r.labels, alpha)
+            if shown.shape[:2] != (h, w):
+                shown = np.asarray(Image.fromarray(shown).resize((w, h), Image.BILINEAR))
+            for array, name in ((full, f"{stem}.png"), (shown, f"{stem}_overlay.png")):
+                _save(array, out / r.name / name)
+                written.append(out / r.name / name)
+    for line in failed:
+        log(f"skipped {line}")
+    return written, failed
