@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .. import SHARED_DIR
 from ..records import Dataset, Record
@@ -46,11 +47,11 @@ class VOCModel:
 
 
 CORAL = [
-    VOCModel("deeplabv3_mnv2", "DeepLab v3 MobileNetV2 (Coral, int8)", "deeplabv3",
+    VOCModel("deeplabv3_mnv2", "DeepLab v3 MobileNetV2 (Coral, int8, aligned)", "deeplabv3",
              "deeplabv3_mnv2_pascal_quant.tflite",
              "350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398",
              CORAL_URL + "deeplabv3_mnv2_pascal_quant.tflite", "coral"),
-    VOCModel("deeplabv3_mnv2_dm05", "DeepLab v3 MobileNetV2 x0.5 (Coral, int8)", "deeplabv3",
+    VOCModel("deeplabv3_mnv2_dm05", "DeepLab v3 MobileNetV2 x0.5 (Coral, int8, aligned)", "deeplabv3",
              "deeplabv3_mnv2_dm05_pascal_quant.tflite",
              "0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861366d48b",
              CORAL_URL + "deeplabv3_mnv2_dm05_pascal_quant.tflite", "coral"),
@@ -141,6 +142,29 @@ def fetch(m: VOCModel, url: str | None = None, dest_dir: str | os.PathLike | Non
     return dest / name
 
 
+class AlignedPort(torch.nn.Module):
+    """The TFLite port as DeepLab is meant to run: on an image padded (bottom and right, with the
+    input's zero point, i.e. mid-grey) to 16k+1 pixels per side, the logits cropped back.
+
+    DeepLab v3 was trained on 513x513 crops (16k+1): at such sizes TensorFlow's "SAME" padding is
+    symmetric and its corner-aligned resizes put every stride-16 feature exactly over its pixels. At
+    other sizes both go lopsided and the masks shift by up to 8 px (measured by the mirror test in
+    tests/test_voc.py). ``TFLiteGraph`` alone is the TFLite-exact mode, as the interpreter computes
+    it at whatever size it is given."""
+
+    def __init__(self, graph: torch.nn.Module, multiple: int = 16):
+        super().__init__()
+        self.graph, self.multiple = graph, multiple
+        self.normalize = graph.normalize
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        m = self.multiple
+        H, W = m * -(-(h - 1) // m) + 1, m * -(-(w - 1) // m) + 1
+        padded = F.pad(x, (0, W - w, 0, H - h))  # 0 after normalize is the zero point: mid-grey
+        return {"out": self.graph(padded)["out"][..., :h, :w]}
+
+
 class _Normalized(torch.nn.Module):
     """torchvision's segmentation models with segviz's ``normalize`` (ImageNet statistics)."""
 
@@ -157,7 +181,9 @@ class _Normalized(torch.nn.Module):
         return {"out": self.net(x)["out"]}
 
 
-def load(m: VOCModel, path: str | os.PathLike | None = None) -> torch.nn.Module:
+def load(m: VOCModel, path: str | os.PathLike | None = None, exact: bool = False) -> torch.nn.Module:
+    """The network of ``m`` with its weights. Coral's ports run aligned (:class:`AlignedPort`) unless
+    ``exact``: then exactly as the TFLite interpreter computes them at the size they are given."""
     path = Path(path) if path else find(m)
     if path is None or not path.exists():
         raise WeightsError(f"{m.name}.voc is not on this machine; get it with: "
@@ -167,7 +193,8 @@ def load(m: VOCModel, path: str | os.PathLike | None = None) -> torch.nn.Module:
             raise WeightsError(f"{path} is not the published {m.file} (sha256 differs); delete it and download again")
         from ..models.tflite_port import TFLiteGraph
 
-        return TFLiteGraph(path)
+        graph = TFLiteGraph(path)
+        return graph if exact else AlignedPort(graph)
     import torchvision
 
     builder = getattr(torchvision.models.segmentation, m.builder)
