@@ -1,4 +1,5 @@
 """The app: handlers on real images, the HTTP API through gradio_client, and a real browser."""
+import io
 import json
 import os
 import socket
@@ -214,8 +215,13 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         assert [a.split(" · ")[0] for a in alts] == TITLES
         legend = page.eval_on_selector_all("#legend .segviz-legend-item", "els => els.map(e => e.dataset.class)")
         assert legend == list(CAMVID.classes)
+        # What the user sees: every class swatch of the legend is drawn in its exact palette colour.
+        swatches = np.asarray(Image.open(io.BytesIO(page.locator("#legend").screenshot())).convert("RGB"))
+        seen = {tuple(c) for c in swatches.reshape(-1, 3)}
+        assert all(tuple(c) in seen for c in CAMVID.colors), [c for c in CAMVID.colors if tuple(c) not in seen]
         shot = Path(os.environ.get("SEGVIZ_SCREENSHOT", tmp_path / "compare.png"))
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    assert shot.stat().st_size > 10_000
+    full = np.asarray(Image.open(shot).convert("RGB"))
+    assert full.shape[1] == 1400 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
     print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models")
