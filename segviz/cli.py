@@ -49,18 +49,30 @@ def cmd_models(args) -> int:
 
     rows = []
     for s in list_models():
-        rows.append({"name": s.name, "arch": s.arch, "title": s.title, "paper": s.paper, "arxiv": s.arxiv,
-                     "year": s.year, "voc12_miou": s.voc12_miou, "backbone": s.backbone,
-                     "output_stride": s.output_stride, "compact": s.compact, "key_idea": s.key_idea,
-                     "params": count_params(build(s.name, num_classes=21 if args.classes is None else args.classes))})
+        model = build(s.name, num_classes=21 if args.classes is None else args.classes)
+        row = {"name": s.name, "arch": s.arch, "title": s.title, "paper": s.paper, "arxiv": s.arxiv,
+               "year": s.year, "voc12_miou": s.voc12_miou, "backbone": s.backbone,
+               "output_stride": s.output_stride, "compact": s.compact, "key_idea": s.key_idea,
+               "params": count_params(model)}
+        if args.field:
+            from .receptive_field import trace
+
+            h, w = trace(model.eval(), args.field)[1]["out"]
+            row["theoretical_field"] = {"input": list(args.field), "size": [round(h.size), round(w.size)],
+                                        "whole_image": h.whole or w.whole}
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"{'name':32} {'year':>4} {'arXiv':>10} {'VOC12':>6} {'OS':>3} {'params':>9}  title")
     for r in rows:
         voc = f"{r['voc12_miou']:.1f}" if r["voc12_miou"] is not None else "-"
+        field = ""
+        if "theoretical_field" in r:
+            f = r["theoretical_field"]
+            field = "  field: whole image" if f["whole_image"] else f"  field: {f['size'][0]} x {f['size'][1]} px"
         print(f"{r['name']:32} {r['year']:>4} {r['arxiv']:>10} {voc:>6} {r['output_stride']:>3} "
-              f"{r['params'] / 1e6:8.2f}M  {r['title']}")
+              f"{r['params'] / 1e6:8.2f}M  {r['title']}{field}")
     return 0
 
 
@@ -309,7 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list every registered model")
     m.add_argument("--json", action="store_true")
-    m.add_argument("--classes", type=int, default=None, help="count parameters for this many classes (default 21)")
+    m.add_argument("--classes", type=_int_at_least(1), default=None,
+                   help="count parameters for this many classes (default 21)")
+    m.add_argument("--field", type=_size, default=None, metavar="HxW",
+                   help="also trace each model's theoretical receptive field at this input size (slow for VGG/ResNet)")
     m.set_defaults(func=cmd_models)
 
     t = sub.add_parser("train", help="train a model on CamVid (resumable to the exact step)")

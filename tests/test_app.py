@@ -110,7 +110,7 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
     rows = {r[0]: r for r in model_rows()}
     every = records.all_records()
     trained = {r.network for r in every}
-    assert set(rows) == {r.name for r in every} | {s.name for s in list_models(compact=True) if s.name not in trained}
+    assert set(rows) == {r.name for r in every} | {s.name for s in list_models() if s.name not in trained}
     col = {h: i for i, h in enumerate(HEADERS)}
     for name, entry in read_manifest().items():
         assert rows[name][col["val mIoU (ours)"]] == entry["val_miou"]
@@ -119,6 +119,9 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
     assert rows["fcn8s_efficientnet_lite0.camvid"][review] == 62.2  # the review's FCN figure
     assert rows["deeplabv3_efficientnet_lite0.camvid"][review] == 85.7
     assert rows["deeplabv3_mnv2.voc"][col["trained on"]] == "voc"
+    # paper-faithful configurations: the papers' parameter counts and traced fields
+    assert abs(rows["fcn8s_vgg16"][col["params (M)"]] - 134) < 1.5 and rows["fcn8s_vgg16"][col["output stride"]] == 8
+    assert rows["pspnet_resnet50"][col["theoretical field at 360x480"]].startswith("whole image")
     html = models_html()
     assert 'href="https://arxiv.org/abs/1706.05587"' in html and html.count("<tr>") == len(rows) + 1
 

@@ -103,3 +103,19 @@ def test_predict_skips_bad_images_and_refuses_unknown_models(capsys, tmp_path, c
     assert not list((tmp_path / "o" / "fcn8s_efficientnet_lite0.camvid").glob("bad*"))
     code, _, err = run(capsys, "predict", "--model", "fcn9s", "--out", str(tmp_path / "x"), str(bad))
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_models_json_fields_match_assets(capsys):
+    """assets/models.json (read by the Models tab) holds what the tracer computes now."""
+    from segviz import PROJECT_ROOT
+
+    saved = {r["name"]: r for r in json.loads((PROJECT_ROOT / "assets" / "models.json").read_text())}
+    from segviz.registry import list_models
+
+    assert set(saved) == {s.name for s in list_models()}
+    code, out, _ = run(capsys, "models", "--json", "--field", "360x480")
+    fresh = {r["name"]: r for r in json.loads(out)}
+    for name in fresh:
+        assert fresh[name]["params"] == saved[name]["params"], name
+        assert fresh[name]["theoretical_field"] == saved[name]["theoretical_field"], name
