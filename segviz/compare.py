@@ -5,6 +5,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import time
 import zipfile
 from collections import OrderedDict
@@ -108,22 +109,51 @@ class Comparison:
 _CRF_CACHE: OrderedDict = OrderedDict()
 
 
-def refine(name: str, image: np.ndarray, params) -> np.ndarray:
+def _crf_labels(probs: np.ndarray, image: np.ndarray, params) -> np.ndarray:
     from .crf import dense_crf
 
-    key = (image_key(image), name, params)
-    if key not in _CRF_CACHE:
-        probs = predict_one(name, image, keep_probs=True).probs
-        _CRF_CACHE[key] = dense_crf(probs, image, params).argmax(0).astype(np.uint8)
-        while len(_CRF_CACHE) > _CACHE_SIZE:
-            _CRF_CACHE.popitem(last=False)
-    return _CRF_CACHE[key]
+    return dense_crf(probs, image, params).argmax(0).astype(np.uint8)
+
+
+_CRF_POOL = None
+
+
+def _crf_pool():
+    """Worker processes for the dense CRF (pydensecrf holds the GIL: threads would run one at a time)."""
+    global _CRF_POOL
+    if _CRF_POOL is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers only run numpy and pydensecrf, and need neither the app nor a fresh interpreter
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        _CRF_POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context(method))
+    return _CRF_POOL
+
+
+def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> dict[str, np.ndarray]:
+    """CRF-refined labels of each model (cached); several models' CRFs run in parallel processes."""
+    keys = {n: (image_key(image), n, params) for n in names}
+    todo = [n for n in names if keys[n] not in _CRF_CACHE]
+    if len(todo) == 1:
+        _CRF_CACHE[keys[todo[0]]] = _crf_labels(predict_one(todo[0], image, keep_probs=True).probs, image, params)
+    elif todo:
+        jobs = {n: _crf_pool().submit(_crf_labels, predict_one(n, image, keep_probs=True).probs, image, params)
+                for n in todo}
+        for i, n in enumerate(todo):
+            _CRF_CACHE[keys[n]] = jobs[n].result()
+            if progress:
+                progress((i + 1) / len(todo), f"dense CRF: {i + 1} of {len(todo)} models")
+    out = {n: _CRF_CACHE[keys[n]] for n in names}
+    while len(_CRF_CACHE) > _CACHE_SIZE:
+        _CRF_CACHE.popitem(last=False)
+    return out
 
 
 def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, progress=None,
             crf_params=None) -> Comparison:
     """Run every selected model (record names) on ``image``; refine with the dense CRF when
-    ``crf_params`` is given; score them if ``gt`` is given."""
+    ``crf_params`` is given (the models' CRFs in parallel processes); score them if ``gt`` is given."""
     if not names:
         raise ValueError("select at least one model")
     chosen = resolve(names)
@@ -132,10 +162,10 @@ def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, p
         if progress:
             progress(i / len(chosen), f"running {r.title}")
         result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None))
-        if crf_params is not None:
-            if progress:
-                progress((i + 0.5) / len(chosen), f"dense CRF on {r.title}")
-            result.refined[r.name] = refine(r.name, image, crf_params)
+    if crf_params is not None:
+        if progress:
+            progress(0.0, f"dense CRF on {len(chosen)} models")
+        result.refined = refine_all([r.name for r in chosen], image, crf_params, progress)
     if gt is not None:
         labels = result.labels
         for p, shown in zip(result.predictions, result.shown()):
