@@ -72,6 +72,11 @@ class SegmentationModel(nn.Module):
         """RGB floats in [0, 1] -> the backbone's ImageNet normalisation."""
         return (images - self.mean) / self.std
 
+    def branches(self) -> list:
+        """The dilated / pooled branches this model declares through its config (``segviz.dilation.Branch``)."""
+        declare = getattr(getattr(self, "config", None), "branches", None)
+        return list(declare()) if declare is not None else []
+
     def features(self, x: torch.Tensor):
         return self.backbone(x)  # five levels at strides 2, 4, 8, 16, 32 (capped by the output stride)
 
