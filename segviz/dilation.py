@@ -58,30 +58,26 @@ class Branch:
         return self.rate * self.stride
 
 
-def model_branches(name: str) -> list[Branch]:
-    """The dilated and pooled branches of a model that the Dilation tab draws."""
+def _voc_branches(name: str) -> list[Branch] | None:
+    """Branches of the VOC records (foreign networks, not in the registry), or None for any other name."""
+    if not name.endswith(".voc"):
+        return None
     if name.startswith("deeplabv3_mnv2"):  # MobileNetV2 DeepLab v3: dilated last stage + image pooling, no atrous ASPP
         return [Branch("last stage: 3x3 depthwise, rate 2", 2, 16), Branch("image pooling", 0, 16, bins=1)]
-    if name.startswith("deeplabv3_") and name.endswith(".voc"):  # torchvision: ASPP rates 12/24/36
+    if name.startswith("deeplabv3_"):  # torchvision: ASPP rates 12/24/36
         os_ = 16 if "mobilenet" in name else 8
         return ([Branch("1x1", 1, os_, kernel=1)] + [Branch(f"ASPP rate {r}", r, os_) for r in (12, 24, 36)] +
                 [Branch("image pooling", 0, os_, bins=1)])
-    spec = registry.get_spec(name)
-    model = registry.build(name, num_classes=2)
-    os_ = spec.output_stride
-    if spec.arch == "deeplabv2":
-        return [Branch(f"ASPP rate {r}", r, os_) for r in model.aspp.rates]
-    if spec.arch == "deeplabv3":
-        rates = model.classifier[0].rates
-        return ([Branch("1x1", 1, model.backbone.output_stride, kernel=1)] +
-                [Branch(f"ASPP rate {r}", r, model.backbone.output_stride) for r in rates] +
-                [Branch("image pooling", 0, model.backbone.output_stride, bins=1)])
-    if spec.arch == "deeplabv1":
-        return [Branch("fc6 rate 12", 12, 8)]
-    if spec.arch == "dilation8":
-        from .models.dilation import CONTEXT_DILATIONS
+    return None
 
-        return [Branch(f"context layer {i + 1}, rate {r}", r, 8) for i, r in enumerate(CONTEXT_DILATIONS)]
-    if spec.arch == "pspnet":
-        return [Branch(f"{b}x{b} bins", 0, model.backbone.output_stride, bins=b) for b in model.ppm.bins]
-    raise ValueError(f"{name} has no dilated or pyramid branches; try a DeepLab, Dilation8 or PSPNet model")
+
+def model_branches(name: str) -> list[Branch]:
+    """The dilated and pooled branches of a model that the Dilation tab draws (the model's config declares them)."""
+    voc = _voc_branches(name)
+    if voc is not None:
+        return voc
+    branches = registry.get_spec(name).branches()
+    if not branches:
+        with_branches = sorted({s.arch for s in registry.list_models() if s.branches()})
+        raise ValueError(f"{name} has no dilated or pyramid branches; try one of: {', '.join(with_branches)}")
+    return branches

@@ -41,15 +41,54 @@ def crop_to(x: torch.Tensor, size) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
 
 
+class FCNHead(nn.Sequential):
+    """The auxiliary head torchvision (DeepLab v3) and PSPNet put on the stride-16 level."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        inter = max(in_channels // 4, 32)
+        super().__init__(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
+                         nn.Dropout(0.1), nn.Conv2d(inter, num_classes, 1))
+
+
 class SegmentationModel(nn.Module):
-    """Backbone + head; ``forward`` returns ``{"out": logits at input size}`` (+ ``"aux"``)."""
+    """Backbone + head; ``forward`` returns ``{"out": logits at input size}`` (+ ``"aux"``).
+
+    The one forward every model shares (torchvision's ``_SimpleSegmentationModel``):
+    ``features`` (the backbone's levels by default) -> ``decode`` (the paper's head, which a
+    subclass writes) -> bilinear resize to the input size when the head stops short of it ->
+    in training, ``aux_classifier`` on level ``aux_level`` resized the same way.
+    """
+
+    aux_level = 3  # the stride-16 level (torchvision's "aux" on ResNet's layer3)
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
+        self.aux_classifier = None  # a subclass with an auxiliary head sets it after its main head
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """RGB floats in [0, 1] -> the backbone's ImageNet normalisation."""
         return (images - self.mean) / self.std
+
+    def branches(self) -> list:
+        """The dilated / pooled branches this model declares through its config (``segviz.dilation.Branch``)."""
+        declare = getattr(getattr(self, "config", None), "branches", None)
+        return list(declare()) if declare is not None else []
+
+    def features(self, x: torch.Tensor):
+        return self.backbone(x)  # five levels at strides 2, 4, 8, 16, 32 (capped by the output stride)
+
+    def decode(self, feats, size) -> torch.Tensor:
+        """The paper's head: features -> class scores at its own stride (``size`` is the input's, for crops)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        feats = self.features(x)
+        out = self.decode(feats, size)  # (N, num_classes, H/s, W/s) for the head's finest stride s
+        result = {"out": out if out.shape[-2:] == size else upsample_to(out, size)}  # (N, num_classes, H, W)
+        if self.aux_classifier is not None and self.training:
+            result["aux"] = upsample_to(self.aux_classifier(feats[self.aux_level]), size)
+        return result

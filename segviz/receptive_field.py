@@ -199,12 +199,6 @@ class LayerField:
     shape: tuple[int, ...]
     field: tuple[Field, Field]
 
-    def describe(self) -> str:
-        h, w = self.field
-        if h.whole or w.whole:
-            return "whole image"
-        return f"{h.size:g}x{w.size:g}" if h.size != w.size else f"{h.size:g}"
-
 
 def trace(model: nn.Module, size=(224, 224), channels: int = 3) -> tuple[list[LayerField], dict[str, tuple[Field, Field]]]:
     """Per-layer fields (every leaf module, in execution order) and the fields of the outputs."""

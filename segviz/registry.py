@@ -21,8 +21,15 @@ class ModelSpec:
     output_stride: int
     key_idea: str
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
+    order: int = 0  # position in the 2017 review's story (FCN first, U-Net last); ties keep faithful before compact
     compact: bool = False  # the EfficientNet-Lite0 configurations we train and bundle
     aux: bool = False  # returns an auxiliary head's logits as "aux" in train mode
+    config: object = field(default=None, repr=False, compare=False)  # the architecture's config dataclass
+
+    def branches(self) -> list:
+        """The dilated / pooled branches the model declares (``segviz.dilation.Branch``); [] if none."""
+        declare = getattr(self.config, "branches", None)
+        return list(declare()) if declare is not None else []
 
     @property
     def arxiv_url(self) -> str:
@@ -30,9 +37,6 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
-# The order in which the 2017 review tells the story (U-Net last, as the encoder-decoder example).
-ARCH_ORDER = ("fcn32s", "fcn16s", "fcn8s", "segnet", "dilation8", "deeplabv1", "deeplabv2", "refinenet", "pspnet",
-              "gcn", "deeplabv3", "unet")
 
 
 class UnknownModelError(KeyError):
@@ -48,13 +52,13 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def _load_models() -> None:
-    from . import models  # noqa: F401  (registers every paper's configurations)
+    from . import models  # noqa: F401  (imports every module in segviz/models, which register themselves)
 
 
 def list_models(*, compact: bool | None = None) -> list[ModelSpec]:
     _load_models()
     specs = [s for s in _REGISTRY.values() if compact is None or s.compact == compact]
-    return sorted(specs, key=lambda s: (ARCH_ORDER.index(s.arch), s.compact))
+    return sorted(specs, key=lambda s: (s.order, s.compact))
 
 
 def names() -> list[str]:

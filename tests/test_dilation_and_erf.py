@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from segviz import registry
 from segviz.dilation import holes, model_branches, stacked_coverage, taps
 from segviz.receptive_field import effective_field, erf_extent, field_box, final_field
 
@@ -100,3 +101,20 @@ def test_branch_taps_draw_on_the_image(camvid_root):
     from segviz.viz import BRANCH_COLOURS
 
     assert tuple(drawn[180 - 48, 240 - 48]) == BRANCH_COLOURS[0]
+
+
+@pytest.mark.parametrize("name", [s.name for s in registry.list_models(compact=True) if s.branches()])
+def test_declared_branches_exist_in_the_built_head(name):
+    """What a spec declares for the Dilation tab is what the built head really does (not the backbone)."""
+    from torch import nn
+
+    model = registry.build(name, num_classes=3)
+    assert model.branches() == model_branches(name)
+    head = [m for n, m in model.named_modules() if not n.startswith("backbone")]
+    rates = {m.dilation[0] for m in head if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1}
+    bins = {m.output_size if isinstance(m.output_size, int) else m.output_size[0]
+            for m in head if isinstance(m, nn.AdaptiveAvgPool2d)}
+    for b in model_branches(name):
+        assert (b.bins in bins) if b.bins else (b.kernel == 1 or b.rate in rates), (name, b)
+    assert model.backbone.output_stride == registry.get_spec(name).output_stride
+    assert {b.stride for b in model_branches(name)} == {model.backbone.output_stride}

@@ -38,7 +38,6 @@ _LEVEL_ENDS = (0, 2, 4, 10, 15)
 MEAN = (0.498, 0.498, 0.498)
 STD = (0.502, 0.502, 0.502)
 
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 

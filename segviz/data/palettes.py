@@ -59,4 +59,3 @@ VOC = LabelSet(
     ignore_index=255,
 )
 
-LABEL_SETS = {s.name: s for s in (CAMVID, VOC)}

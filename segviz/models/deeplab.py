@@ -23,6 +23,7 @@ The dense CRF is not part of any network here: it is a post-processing step (seg
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -30,23 +31,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone
-from ..layers import SegmentationModel, upsample_to
+from ..dilation import Branch
+from ..layers import FCNHead, SegmentationModel
 from ..registry import ModelSpec, register
 
 
 # ----------------------------------------------------------------------------- v1 and v2
+@dataclass(frozen=True)
+class DeepLabV1Config:
+    width: int = 1024  # fc6/fc7 channels
+    separable: bool = False  # fc6 as a depthwise-separable atrous conv (the compact form)
+    rate: int = 12  # fc6's dilation: the "large field of view"
+    output_stride: int = 8
+
+    def branches(self) -> list[Branch]:
+        return [Branch(f"fc6 rate {self.rate}", self.rate, self.output_stride)]
+
+
 class DeepLabV1(SegmentationModel):
-    def __init__(self, backbone: nn.Module, fc6: nn.Module, width: int, num_classes: int):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: DeepLabV1Config):
         super().__init__(backbone)
-        self.fc6 = fc6  # the large-field-of-view atrous conv, rate 12
+        self.config = config
+        cin, width, r = backbone.channels[4], config.width, config.rate
+        if config.separable:
+            self.fc6 = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=r, dilation=r, groups=cin, bias=False),
+                                     nn.BatchNorm2d(cin), nn.ReLU(True), nn.Conv2d(cin, width, 1, bias=False),
+                                     nn.BatchNorm2d(width), nn.ReLU(True))
+        else:
+            self.fc6 = nn.Sequential(nn.Conv2d(cin, width, 3, padding=r, dilation=r), nn.ReLU(True), nn.Dropout2d(0.5))
         self.fc7 = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(True), nn.Dropout2d(0.5))
         self.fc8 = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        x = self.backbone(x)[4]  # (N, C5, H/8, W/8)
-        x = self.fc8(self.fc7(self.fc6(x)))  # (N, num_classes, H/8, W/8)
-        return {"out": upsample_to(x, size)}
+    def decode(self, feats, size):
+        return self.fc8(self.fc7(self.fc6(feats[4])))  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
+
+
+@dataclass(frozen=True)
+class DeepLabV2Config:
+    rates: tuple[int, ...] = (6, 12, 18, 24)
+    output_stride: int = 8
+
+    def branches(self) -> list[Branch]:
+        return [Branch(f"ASPP rate {r}", r, self.output_stride) for r in self.rates]
 
 
 class ASPPSum(nn.Module):
@@ -65,34 +91,51 @@ class ASPPSum(nn.Module):
 
 
 class DeepLabV2(SegmentationModel):
-    def __init__(self, backbone: nn.Module, num_classes: int, rates=(6, 12, 18, 24)):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: DeepLabV2Config):
         super().__init__(backbone)
-        self.aspp = ASPPSum(backbone.channels[4], num_classes, rates)
+        self.config = config
+        self.aspp = ASPPSum(backbone.channels[4], num_classes, config.rates)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        x = self.aspp(self.backbone(x)[4])  # (N, num_classes, H/8, W/8)
-        return {"out": upsample_to(x, size)}
-
-
-def build_deeplabv1(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> DeepLabV1:
-    net = build_backbone(backbone, weights=backbone_weights, output_stride=8)
-    if backbone == "vgg16":
-        width = 1024
-        fc6 = nn.Sequential(nn.Conv2d(512, width, 3, padding=12, dilation=12), nn.ReLU(True), nn.Dropout2d(0.5))
-    else:
-        width, cin = 256, net.channels[4]
-        fc6 = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=12, dilation=12, groups=cin, bias=False),
-                            nn.BatchNorm2d(cin), nn.ReLU(True), nn.Conv2d(cin, width, 1, bias=False),
-                            nn.BatchNorm2d(width), nn.ReLU(True))
-    return DeepLabV1(net, fc6, width, num_classes)
+    def decode(self, feats, size):
+        return self.aspp(feats[4])  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
 
 
-def build_deeplabv2(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> DeepLabV2:
-    return DeepLabV2(build_backbone(backbone, weights=backbone_weights, output_stride=8), num_classes)
+V1_CONFIGS = {"vgg16": DeepLabV1Config(), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True)}
+V2_CONFIGS = {"resnet101": DeepLabV2Config(), "efficientnet_lite0": DeepLabV2Config()}
+
+
+def build_deeplabv1(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+                    config: DeepLabV1Config | None = None) -> DeepLabV1:
+    config = config or V1_CONFIGS[backbone]
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=config.output_stride)
+    return DeepLabV1(net, num_classes, config)
+
+
+def build_deeplabv2(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+                    config: DeepLabV2Config | None = None) -> DeepLabV2:
+    config = config or V2_CONFIGS[backbone]
+    return DeepLabV2(build_backbone(backbone, weights=backbone_weights, output_stride=config.output_stride),
+                     num_classes, config)
 
 
 # ----------------------------------------------------------------------------- v3
+@dataclass(frozen=True)
+class DeepLabV3Config:
+    width: int = 256  # ASPP and head channels
+    output_stride: int = 8
+    base_rates: tuple[int, ...] = (6, 12, 18)  # at output stride 16; scaled to the actual stride
+    aux: bool = True  # FCNHead on the stride-16 level in training
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        return tuple(r * 16 // self.output_stride for r in self.base_rates)  # 6/12/18 at OS 16, 12/24/36 at OS 8
+
+    def branches(self) -> list[Branch]:
+        os_ = self.output_stride
+        return ([Branch("1x1", 1, os_, kernel=1)] + [Branch(f"ASPP rate {r}", r, os_) for r in self.rates] +
+                [Branch("image pooling", 0, os_, bins=1)])
+
+
 class ASPPConv(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, rate: int):
         super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False),
@@ -134,37 +177,29 @@ class DeepLabHead(nn.Sequential):
                          nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, num_classes, 1))
 
 
-class FCNHead(nn.Sequential):
-    """The auxiliary head torchvision (and PSPNet) put on the stride-16 level."""
-
-    def __init__(self, in_channels: int, num_classes: int):
-        inter = max(in_channels // 4, 32)
-        super().__init__(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
-                         nn.Dropout(0.1), nn.Conv2d(inter, num_classes, 1))
-
-
 class DeepLabV3(SegmentationModel):
-    def __init__(self, backbone: nn.Module, num_classes: int, width: int = 256, aux: bool = True):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: DeepLabV3Config):
         super().__init__(backbone)
-        rates = [r * 16 // backbone.output_stride for r in (6, 12, 18)]  # 6/12/18 at OS 16, 12/24/36 at OS 8
-        self.classifier = DeepLabHead(backbone.channels[4], num_classes, rates, width)
-        self.aux_classifier = FCNHead(backbone.channels[3], num_classes) if aux else None
+        self.config = config
+        self.classifier = DeepLabHead(backbone.channels[4], num_classes, config.rates, config.width)
+        if config.aux:
+            self.aux_classifier = FCNHead(backbone.channels[3], num_classes)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
-        result = {"out": upsample_to(self.classifier(feats[4]), size)}  # ASPP on (N, C5, H/OS, W/OS)
-        if self.aux_classifier is not None and self.training:
-            result["aux"] = upsample_to(self.aux_classifier(feats[3]), size)
-        return result
+    def decode(self, feats, size):
+        return self.classifier(feats[4])  # ASPP on (N, C5, H/OS, W/OS) -> (N, num_classes, H/OS, W/OS)
+
+
+V3_CONFIGS = {"resnet50": DeepLabV3Config(), "resnet101": DeepLabV3Config(),
+              "efficientnet_lite0": DeepLabV3Config(width=128, output_stride=16)}
 
 
 def build_deeplabv3(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
-                    output_stride: int | None = None, aux: bool = True) -> DeepLabV3:
-    compact = backbone == "efficientnet_lite0"
-    os_ = output_stride or (16 if compact else 8)
-    net = build_backbone(backbone, weights=backbone_weights, output_stride=os_)
-    return DeepLabV3(net, num_classes, width=128 if compact else 256, aux=aux)
+                    output_stride: int | None = None, aux: bool = True,
+                    config: DeepLabV3Config | None = None) -> DeepLabV3:
+    config = config or V3_CONFIGS[backbone]
+    config = replace(config, output_stride=output_stride or config.output_stride, aux=aux)
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=config.output_stride)
+    return DeepLabV3(net, num_classes, config)
 
 
 _V1 = dict(paper="Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs", year=2014,
@@ -173,19 +208,23 @@ _V2 = dict(paper="DeepLab: Semantic Image Segmentation with Deep Convolutional N
                  "Fully Connected CRFs", year=2016, arxiv="1606.00915", voc12_miou=79.7)
 _V3 = dict(paper="Rethinking Atrous Convolution for Semantic Image Segmentation", year=2017, arxiv="1706.05587",
            voc12_miou=85.7)
-for _bb, _compact in (("vgg16", False), ("efficientnet_lite0", True)):
+for _bb, _cfg in V1_CONFIGS.items():
     register(ModelSpec(
-        name=f"deeplabv1_{_bb}", arch="deeplabv1", title="DeepLab v1 (LargeFOV)", backbone=_bb, output_stride=8,
+        name=f"deeplabv1_{_bb}", arch="deeplabv1", order=60, title="DeepLab v1 (LargeFOV)", backbone=_bb,
+        output_stride=_cfg.output_stride,
         key_idea="Atrous convolution keeps resolution at stride 8 and fc6 at rate 12 sees a large field of view; "
                  "a dense CRF sharpens the boundaries.",
-        builder=partial(build_deeplabv1, backbone=_bb), compact=_compact, **_V1))
-for _bb, _compact in (("resnet101", False), ("efficientnet_lite0", True)):
+        builder=partial(build_deeplabv1, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg, **_V1))
+for _bb, _cfg in V2_CONFIGS.items():
     register(ModelSpec(
-        name=f"deeplabv2_{_bb}", arch="deeplabv2", title="DeepLab v2 (ASPP)", backbone=_bb, output_stride=8,
+        name=f"deeplabv2_{_bb}", arch="deeplabv2", order=70, title="DeepLab v2 (ASPP)", backbone=_bb,
+        output_stride=_cfg.output_stride,
         key_idea="Atrous spatial pyramid pooling: parallel atrous convs at rates 6/12/18/24 see objects at several scales.",
-        builder=partial(build_deeplabv2, backbone=_bb), compact=_compact, **_V2))
-for _bb, _compact, _os in (("resnet50", False, 8), ("resnet101", False, 8), ("efficientnet_lite0", True, 16)):
+        builder=partial(build_deeplabv2, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg, **_V2))
+for _bb, _cfg in V3_CONFIGS.items():
     register(ModelSpec(
-        name=f"deeplabv3_{_bb}", arch="deeplabv3", title="DeepLab v3", backbone=_bb, output_stride=_os,
+        name=f"deeplabv3_{_bb}", arch="deeplabv3", order=110, title="DeepLab v3", backbone=_bb,
+        output_stride=_cfg.output_stride,
         key_idea="ASPP with batch norm and image-level pooling for global context; output stride 8 or 16.",
-        builder=partial(build_deeplabv3, backbone=_bb), compact=_compact, aux=True, **_V3))
+        builder=partial(build_deeplabv3, backbone=_bb), compact=_bb == "efficientnet_lite0", aux=_cfg.aux,
+        config=_cfg, **_V3))

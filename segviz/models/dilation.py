@@ -12,6 +12,7 @@ last two strides dilated 2 and 4) with a 1x1 "fc" layer of 256 channels instead 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -19,10 +20,25 @@ from torch import nn
 
 from ..backbones import build_backbone
 from ..backbones.vgg import vgg16_classifier_as_conv
-from ..layers import SegmentationModel, upsample_to
+from ..dilation import Branch
+from ..layers import SegmentationModel
 from ..registry import ModelSpec, register
 
 CONTEXT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
+
+
+@dataclass(frozen=True)
+class DilationConfig:
+    # True: VGG's fc6 (7x7, dilation 4) and fc7 convolutionalised, 4096 wide, ImageNet's weights;
+    # False: one 1x1 conv-BN-ReLU "fc" layer of ``fc_width`` channels (the compact form).
+    convolutionalised_fc: bool = True
+    fc_width: int = 4096
+    context_dilations: tuple[int, ...] = CONTEXT_DILATIONS
+    output_stride: int = 8
+
+    def branches(self) -> list[Branch]:
+        return [Branch(f"context layer {i + 1}, rate {r}", r, self.output_stride)
+                for i, r in enumerate(self.context_dilations)]
 
 
 def identity_init(conv: nn.Conv2d) -> None:
@@ -38,9 +54,9 @@ def identity_init(conv: nn.Conv2d) -> None:
 class ContextModule(nn.Sequential):
     """The basic context module: receptive field grows 3, 5, 9, 17, 33, 65, 67, 67 (paper, table 1)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dilations=CONTEXT_DILATIONS):
         layers = []
-        for d in CONTEXT_DILATIONS:
+        for d in dilations:
             conv = nn.Conv2d(channels, channels, 3, padding=d, dilation=d)
             identity_init(conv)
             layers += [conv, nn.ReLU(inplace=True)]
@@ -50,36 +66,45 @@ class ContextModule(nn.Sequential):
 
 
 class DilatedNet(SegmentationModel):
-    def __init__(self, backbone: nn.Module, frontend_head: nn.Module, num_classes: int, context: bool = True):
+    def __init__(self, backbone: nn.Module, frontend_head: nn.Module, num_classes: int, context: bool = True,
+                 config: DilationConfig = DilationConfig()):
         super().__init__(backbone)
+        self.config = config
         self.frontend_head = frontend_head
-        self.context = ContextModule(num_classes) if context else nn.Identity()
+        self.context = ContextModule(num_classes, config.context_dilations) if context else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        scores = self.frontend_head(self.backbone(x)[4])  # (N, C, H/8, W/8)
-        return {"out": upsample_to(self.context(scores), size)}  # (N, C, H, W)
+    def decode(self, feats, size):
+        scores = self.frontend_head(feats[4])  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
+        return self.context(scores)  # (N, num_classes, H/8, W/8), upsampled by the base forward
+
+
+def frontend_head(backbone: nn.Module, num_classes: int, config: DilationConfig, backbone_weights: str | None):
+    if config.convolutionalised_fc:
+        w = config.fc_width
+        fc6, fc7 = nn.Conv2d(backbone.channels[4], w, 7, padding=12, dilation=4), nn.Conv2d(w, w, 1)
+        vgg16_classifier_as_conv(backbone_weights, fc6, fc7)
+        return nn.Sequential(fc6, nn.ReLU(True), nn.Dropout2d(0.5), fc7, nn.ReLU(True), nn.Dropout2d(0.5),
+                             nn.Conv2d(w, num_classes, 1))
+    w = config.fc_width
+    return nn.Sequential(nn.Conv2d(backbone.channels[4], w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True),
+                         nn.Dropout2d(0.1), nn.Conv2d(w, num_classes, 1))
+
+
+CONFIGS = {"vgg16": DilationConfig(), "efficientnet_lite0": DilationConfig(convolutionalised_fc=False, fc_width=256)}
 
 
 def build_dilation(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
-                   context: bool = True) -> DilatedNet:
-    net = build_backbone(backbone, weights=backbone_weights, output_stride=8)
-    if backbone == "vgg16":
-        fc6, fc7 = nn.Conv2d(512, 4096, 7, padding=12, dilation=4), nn.Conv2d(4096, 4096, 1)
-        vgg16_classifier_as_conv(backbone_weights, fc6, fc7)
-        head = nn.Sequential(fc6, nn.ReLU(True), nn.Dropout2d(0.5), fc7, nn.ReLU(True), nn.Dropout2d(0.5),
-                             nn.Conv2d(4096, num_classes, 1))
-    else:
-        head = nn.Sequential(nn.Conv2d(net.channels[4], 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU(True),
-                             nn.Dropout2d(0.1), nn.Conv2d(256, num_classes, 1))
-    return DilatedNet(net, head, num_classes, context)
+                   context: bool = True, config: DilationConfig | None = None) -> DilatedNet:
+    config = config or CONFIGS[backbone]
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=config.output_stride)
+    return DilatedNet(net, frontend_head(net, num_classes, config, backbone_weights), num_classes, context, config)
 
 
-for _bb, _compact in (("vgg16", False), ("efficientnet_lite0", True)):
+for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"dilation8_{_bb}", arch="dilation8", title="Dilation8 (front-end + context)", backbone=_bb,
-        output_stride=8, paper="Multi-Scale Context Aggregation by Dilated Convolutions", year=2015,
+        name=f"dilation8_{_bb}", arch="dilation8", order=50, title="Dilation8 (front-end + context)", backbone=_bb,
+        output_stride=_cfg.output_stride, paper="Multi-Scale Context Aggregation by Dilated Convolutions", year=2015,
         arxiv="1511.07122", voc12_miou=75.3,
         key_idea="Dilated convolutions grow the receptive field exponentially without losing resolution: "
                  "a front-end without its last pools plus a context module of rates 1-16.",
-        builder=partial(build_dilation, backbone=_bb), compact=_compact))
+        builder=partial(build_dilation, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))

@@ -14,15 +14,26 @@ stride-16 (112 ch) and stride-8 (40 ch) levels.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
-import torch
 from torch import nn
 
 from ..backbones import build_backbone
 from ..backbones.vgg import vgg16_classifier_as_conv
 from ..layers import SegmentationModel, crop_to, learned_upsampler
 from ..registry import ModelSpec, register
+
+SKIPS = {"32s": 0, "16s": 1, "8s": 2}
+
+
+@dataclass(frozen=True)
+class FCNConfig:
+    # True: VGG's fc6/fc7 convolutionalised (7x7 and 1x1 convs, 4096 wide, ImageNet's weights);
+    # False: the backbone's own final 1x1 "head" conv plays fc6/fc7 (EfficientNet-Lite0's, 1280 wide).
+    convolutionalised_fc: bool = True
+    fc_width: int = 4096
+    dropout: float = 0.5
 
 
 class FCN(SegmentationModel):
@@ -43,9 +54,7 @@ class FCN(SegmentationModel):
                 nn.init.zeros_(getattr(self, name).bias)
         self.upscore = learned_upsampler(num_classes, 32 // 2**skips)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
+    def decode(self, feats, size):
         score = self.score_fr(self.classifier(feats[4]))  # (N, C, H/32, W/32)
         if self.skips >= 1:
             pool4 = self.score_pool4(feats[3])  # (N, C, H/16, W/16)
@@ -53,22 +62,34 @@ class FCN(SegmentationModel):
         if self.skips >= 2:
             pool3 = self.score_pool3(feats[2])  # (N, C, H/8, W/8)
             score = crop_to(self.upscore_pool4(score), pool3.shape[-2:]) + pool3
-        return {"out": crop_to(self.upscore(score), size)}  # (N, C, H, W)
+        return crop_to(self.upscore(score), size)  # (N, C, H, W): the paper's crop layer
 
 
-def build_fcn(*, variant: str, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> FCN:
-    skips = {"32s": 0, "16s": 1, "8s": 2}[variant]
-    if backbone == "vgg16":
-        net = build_backbone("vgg16", weights=backbone_weights)
-        fc6, fc7 = nn.Conv2d(512, 4096, 7, padding=3), nn.Conv2d(4096, 4096, 1)
+def fcn_classifier(backbone: nn.Module, config: FCNConfig, backbone_weights: str | None) -> nn.Module:
+    """fc6/fc7 as convolutions: VGG's classifier convolutionalised, or the backbone's own head conv."""
+    if config.convolutionalised_fc:
+        w = config.fc_width
+        fc6, fc7 = nn.Conv2d(backbone.channels[4], w, 7, padding=3), nn.Conv2d(w, w, 1)
         vgg16_classifier_as_conv(backbone_weights, fc6, fc7)
-        classifier = nn.Sequential(fc6, nn.ReLU(True), nn.Dropout2d(0.5), fc7, nn.ReLU(True), nn.Dropout2d(0.5))
-        width = 4096
-    else:
-        net = build_backbone(backbone, weights=backbone_weights, with_head=True)
-        classifier, width = nn.Sequential(net.head, nn.Dropout2d(0.1)), 1280
-        net.head = None  # now owned by the classifier
-    return FCN(net, classifier, width, num_classes, skips)
+        return nn.Sequential(fc6, nn.ReLU(True), nn.Dropout2d(config.dropout), fc7, nn.ReLU(True),
+                             nn.Dropout2d(config.dropout))
+    classifier = nn.Sequential(backbone.head, nn.Dropout2d(config.dropout))
+    backbone.head = None  # now owned by the classifier
+    return classifier
+
+
+CONFIGS = {"vgg16": FCNConfig(),
+           "efficientnet_lite0": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1)}
+
+
+def build_fcn(*, variant: str, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+              config: FCNConfig | None = None) -> FCN:
+    config = config or CONFIGS[backbone]
+    # The backbone's own head conv is built only when it plays fc6/fc7.
+    extra = {} if config.convolutionalised_fc else {"with_head": True}
+    net = build_backbone(backbone, weights=backbone_weights, **extra)
+    classifier = fcn_classifier(net, config, backbone_weights)
+    return FCN(net, classifier, config.fc_width, num_classes, SKIPS[variant])
 
 
 _PAPER = dict(paper="Fully Convolutional Networks for Semantic Segmentation", year=2015, arxiv="1411.4038", voc12_miou=62.2)
@@ -77,9 +98,10 @@ _IDEAS = {
     "16s": "FCN-32s plus a skip: scores from pool4 (stride 16) are added before upsampling.",
     "8s": "FCN-16s plus a second skip from pool3 (stride 8): finer detail from shallower layers.",
 }
-for _variant in ("32s", "16s", "8s"):
-    for _bb, _compact in (("vgg16", False), ("efficientnet_lite0", True)):
+for _order, _variant in enumerate(("32s", "16s", "8s")):
+    for _bb, _cfg in CONFIGS.items():
         register(ModelSpec(
-            name=f"fcn{_variant}_{_bb}", arch=f"fcn{_variant}", title=f"FCN-{_variant}", backbone=_bb,
-            output_stride=32 // 2 ** {"32s": 0, "16s": 1, "8s": 2}[_variant], key_idea=_IDEAS[_variant],
-            builder=partial(build_fcn, variant=_variant, backbone=_bb), compact=_compact, **_PAPER))
+            name=f"fcn{_variant}_{_bb}", arch=f"fcn{_variant}", order=10 + _order, title=f"FCN-{_variant}",
+            backbone=_bb, output_stride=32 // 2 ** SKIPS[_variant], key_idea=_IDEAS[_variant],
+            builder=partial(build_fcn, variant=_variant, backbone=_bb), compact=_bb == "efficientnet_lite0",
+            config=_cfg, **_PAPER))

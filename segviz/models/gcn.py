@@ -11,9 +11,9 @@ Deviations: the paper's backbone is ResNet-152; ResNet-101 here. Compact: Effici
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
-import torch
 from torch import nn
 
 from ..backbones import build_backbone
@@ -46,9 +46,15 @@ class BoundaryRefinement(nn.Module):
         return x + self.residual(x)
 
 
+@dataclass(frozen=True)
+class GCNConfig:
+    k: int = 15  # the global conv's kernel size (the paper's best, Table 1)
+
+
 class GCN(SegmentationModel):
     def __init__(self, backbone: nn.Module, num_classes: int, k: int = 15):
         super().__init__(backbone)
+        self.config = GCNConfig(k)
         c = backbone.channels
         self.gcn = nn.ModuleList(GlobalConv(c[i], num_classes, k) for i in (1, 2, 3, 4))  # strides 4, 8, 16, 32
         self.br_in = nn.ModuleList(BoundaryRefinement(num_classes) for _ in range(4))
@@ -56,27 +62,31 @@ class GCN(SegmentationModel):
         self.up = nn.ModuleList(learned_upsampler(num_classes, 2) for _ in range(5))
         self.br_final = nn.ModuleList(BoundaryRefinement(num_classes) for _ in range(2))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)[1:]  # strides 4, 8, 16, 32
+    def decode(self, feats, size):
+        feats = feats[1:]  # strides 4, 8, 16, 32
         scores = [br(gcn(f)) for gcn, br, f in zip(self.gcn, self.br_in, feats)]
         y = scores[3]  # (N, C, H/32, W/32)
         for i in (2, 1, 0):  # stride 16, 8, 4
             y = self.br_fused[i](crop_to(self.up[i](y), scores[i].shape[-2:]) + scores[i])
         y = self.br_final[0](self.up[3](y))  # (N, C, H/2, W/2)
         y = self.br_final[1](self.up[4](y))  # (N, C, H, W) or a little larger
-        return {"out": crop_to(y, size)}
+        return crop_to(y, size)
 
 
-def build_gcn(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, k: int = 15) -> GCN:
-    return GCN(build_backbone(backbone, weights=backbone_weights), num_classes, k)
+CONFIGS = {"resnet101": GCNConfig(), "efficientnet_lite0": GCNConfig()}
 
 
-for _bb, _compact in (("resnet101", False), ("efficientnet_lite0", True)):
+def build_gcn(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, k: int | None = None,
+              config: GCNConfig | None = None) -> GCN:
+    config = config or CONFIGS[backbone]
+    return GCN(build_backbone(backbone, weights=backbone_weights), num_classes, k or config.k)
+
+
+for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"gcn_{_bb}", arch="gcn", title="Large Kernel Matters (GCN)", backbone=_bb, output_stride=4,
+        name=f"gcn_{_bb}", arch="gcn", order=100, title="Large Kernel Matters (GCN)", backbone=_bb, output_stride=4,
         paper="Large Kernel Matters -- Improve Semantic Segmentation by Global Convolutional Network", year=2017,
         arxiv="1703.02719", voc12_miou=82.2,
         key_idea="Large separable kernels (k x 1 + 1 x k) make classification robust, and a residual boundary "
                  "refinement block sharpens localisation.",
-        builder=partial(build_gcn, backbone=_bb), compact=_compact))
+        builder=partial(build_gcn, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))

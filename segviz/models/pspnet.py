@@ -11,6 +11,7 @@ stride-16 level.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -18,9 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone
-from ..layers import SegmentationModel, conv_bn_relu, upsample_to
-from .deeplab import FCNHead
+from ..dilation import Branch
+from ..layers import FCNHead, SegmentationModel, conv_bn_relu
 from ..registry import ModelSpec, register
+
+
+@dataclass(frozen=True)
+class PSPNetConfig:
+    width: int = 512  # the 3x3 conv after the pyramid
+    output_stride: int = 8
+    bins: tuple[int, ...] = (1, 2, 3, 6)
+    aux: bool = True  # FCNHead on the stride-16 level in training (weighted 0.4 by segviz.train)
+
+    def branches(self) -> list[Branch]:
+        return [Branch(f"{b}x{b} bins", 0, self.output_stride, bins=b) for b in self.bins]
 
 
 class PyramidPooling(nn.Module):
@@ -37,32 +49,33 @@ class PyramidPooling(nn.Module):
 
 
 class PSPNet(SegmentationModel):
-    def __init__(self, backbone: nn.Module, num_classes: int, width: int, aux: bool = True):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: PSPNetConfig):
         super().__init__(backbone)
-        self.ppm = PyramidPooling(backbone.channels[4])
-        self.head = nn.Sequential(conv_bn_relu(self.ppm.out_channels, width, 3), nn.Dropout2d(0.1),
-                                  nn.Conv2d(width, num_classes, 1))
-        self.aux_classifier = FCNHead(backbone.channels[3], num_classes) if aux else None
+        self.config = config
+        self.ppm = PyramidPooling(backbone.channels[4], config.bins)
+        self.head = nn.Sequential(conv_bn_relu(self.ppm.out_channels, config.width, 3), nn.Dropout2d(0.1),
+                                  nn.Conv2d(config.width, num_classes, 1))
+        if config.aux:
+            self.aux_classifier = FCNHead(backbone.channels[3], num_classes)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
-        out = self.head(self.ppm(feats[4]))  # (N, C5 + 4 * C5/4 -> classes, H/OS, W/OS)
-        result = {"out": upsample_to(out, size)}
-        if self.aux_classifier is not None and self.training:
-            result["aux"] = upsample_to(self.aux_classifier(feats[3]), size)
-        return result
+    def decode(self, feats, size):
+        return self.head(self.ppm(feats[4]))  # (N, C5 + 4 * C5/4 -> classes, H/OS, W/OS)
 
 
-def build_pspnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, aux: bool = True) -> PSPNet:
-    compact = backbone == "efficientnet_lite0"
-    net = build_backbone(backbone, weights=backbone_weights, output_stride=16 if compact else 8)
-    return PSPNet(net, num_classes, width=128 if compact else 512, aux=aux)
+# Compact: output stride 16 (8 would triple EfficientNet-Lite0's cost on a CPU), a 128-channel conv.
+CONFIGS = {"resnet50": PSPNetConfig(), "efficientnet_lite0": PSPNetConfig(width=128, output_stride=16)}
 
 
-for _bb, _compact, _os in (("resnet50", False, 8), ("efficientnet_lite0", True, 16)):
+def build_pspnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, aux: bool = True,
+                 config: PSPNetConfig | None = None) -> PSPNet:
+    config = replace(config or CONFIGS[backbone], aux=aux)
+    net = build_backbone(backbone, weights=backbone_weights, output_stride=config.output_stride)
+    return PSPNet(net, num_classes, config)
+
+
+for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"pspnet_{_bb}", arch="pspnet", title="PSPNet", backbone=_bb, output_stride=_os,
+        name=f"pspnet_{_bb}", arch="pspnet", order=90, title="PSPNet", backbone=_bb, output_stride=_cfg.output_stride,
         paper="Pyramid Scene Parsing Network", year=2016, arxiv="1612.01105", voc12_miou=85.4,
         key_idea="A pyramid pooling module pools the last feature map into 1, 2, 3 and 6 bins for global scene context.",
-        builder=partial(build_pspnet, backbone=_bb), compact=_compact, aux=True))
+        builder=partial(build_pspnet, backbone=_bb), compact=_bb == "efficientnet_lite0", aux=_cfg.aux, config=_cfg))

@@ -12,6 +12,7 @@ Compact: EfficientNet-Lite0 with widths 96/64/48/32 from stride 32 to 4 and one 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -74,39 +75,47 @@ class RefineNetBlock(nn.Module):
         return self.out(self.crp(x))
 
 
+@dataclass(frozen=True)
+class RefineNetConfig:
+    widths: tuple[int, int, int, int] = (512, 256, 256, 256)  # RefineNet-4 (stride 32) down to RefineNet-1 (stride 4)
+    final_rcus: int = 2  # RCUs before the classifier
+
+
 class RefineNet(SegmentationModel):
-    def __init__(self, backbone: nn.Module, num_classes: int, widths: tuple[int, int, int, int], final_rcus: int = 2):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: RefineNetConfig = RefineNetConfig()):
         super().__init__(backbone)
+        self.config = config
         c = backbone.channels
-        w4, w3, w2, w1 = widths
+        w4, w3, w2, w1 = config.widths
+        final_rcus = config.final_rcus
         self.refine4 = RefineNetBlock([c[4]], w4)
         self.refine3 = RefineNetBlock([c[3], w4], w3)
         self.refine2 = RefineNetBlock([c[2], w3], w2)
         self.refine1 = RefineNetBlock([c[1], w2], w1)
         self.head = nn.Sequential(*[RCU(w1) for _ in range(final_rcus)], nn.Dropout2d(0.1), nn.Conv2d(w1, num_classes, 1))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        _, c2, c3, c4, c5 = self.backbone(x)
+    def decode(self, feats, size):
+        _, c2, c3, c4, c5 = feats
         r4 = self.refine4(c5)  # (N, w4, H/32, W/32)
         r3 = self.refine3(c4, r4)  # (N, w3, H/16, W/16)
         r2 = self.refine2(c3, r3)  # (N, w2, H/8, W/8)
         r1 = self.refine1(c2, r2)  # (N, w1, H/4, W/4)
-        return {"out": upsample_to(self.head(r1), size)}
+        return self.head(r1)  # (N, num_classes, H/4, W/4), upsampled by the base forward
 
 
-def build_refinenet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> RefineNet:
-    net = build_backbone(backbone, weights=backbone_weights)
-    if backbone == "efficientnet_lite0":
-        return RefineNet(net, num_classes, (96, 64, 48, 32), final_rcus=1)
-    return RefineNet(net, num_classes, (512, 256, 256, 256))
+CONFIGS = {"resnet101": RefineNetConfig(), "efficientnet_lite0": RefineNetConfig((96, 64, 48, 32), final_rcus=1)}
 
 
-for _bb, _compact in (("resnet101", False), ("efficientnet_lite0", True)):
+def build_refinenet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+                    config: RefineNetConfig | None = None) -> RefineNet:
+    return RefineNet(build_backbone(backbone, weights=backbone_weights), num_classes, config or CONFIGS[backbone])
+
+
+for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"refinenet_{_bb}", arch="refinenet", title="RefineNet", backbone=_bb, output_stride=4,
+        name=f"refinenet_{_bb}", arch="refinenet", order=80, title="RefineNet", backbone=_bb, output_stride=4,
         paper="RefineNet: Multi-Path Refinement Networks for High-Resolution Semantic Segmentation", year=2016,
         arxiv="1611.06612", voc12_miou=84.2,
         key_idea="Multi-path refinement: residual conv units, multi-resolution fusion and chained residual pooling "
                  "fuse every backbone level from coarse to fine, without dilation.",
-        builder=partial(build_refinenet, backbone=_bb), compact=_compact))
+        builder=partial(build_refinenet, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))

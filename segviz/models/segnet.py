@@ -14,59 +14,80 @@ the first after the unpooling, as in the paper.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
 from ..backbones import build_backbone
-from ..layers import SegmentationModel, conv_bn_relu, upsample_to
+from ..layers import SegmentationModel, conv_bn_relu
 from ..registry import ModelSpec, register
 
 
+@dataclass(frozen=True)
+class SegNetConfig:
+    pooled: tuple[bool, ...] = (True,) * 5  # is stage i followed by a pool (whose indices the decoder reuses)?
+    convs_per_level: tuple[int, ...] = (2, 2, 3, 3, 3)  # decoder convs per level, mirroring VGG16's encoder
+    batch_norm_backbone: bool = True  # SegNet's encoder is VGG16-BN
+
+
 class SegNet(SegmentationModel):
-    def __init__(self, backbone: nn.Module, stage_channels: list[int], pooled: list[bool], num_classes: int,
-                 convs_per_level: list[int]):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: SegNetConfig):
         super().__init__(backbone)
         backbone.remove_strides()
-        self.pooled = list(pooled)  # is stage i followed by a pool (whose indices the decoder reuses)?
+        self.config = config
+        self.pooled = list(config.pooled)
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2, 2)
-        c = stage_channels
+        c = backbone.channels  # the width of each pooling stage
         self.decoder = nn.ModuleList()
-        for level, n in enumerate(convs_per_level):
+        for level, n in enumerate(config.convs_per_level):
             cout = c[level - 1] if level > 0 else c[0]
             convs = [conv_bn_relu(c[level], c[level]) for _ in range(n - 1)]
             convs.append(conv_bn_relu(c[level], cout) if level > 0 else nn.Conv2d(c[0], num_classes, 3, padding=1))
             self.decoder.append(nn.Sequential(*convs))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
+    def pool_levels(self) -> list[int]:
+        """The encoder stages whose max-pool indices the decoder reuses."""
+        return [i for i, p in enumerate(self.pooled) if p]
+
+    def features(self, x: torch.Tensor):
+        """The encoder, keeping each pool's indices and input size for the decoder."""
         indices, sizes = {}, {}
         for i, stage in enumerate(self.backbone.pooling_stages()):
             x = stage(x)
             if self.pooled[i]:
                 sizes[i] = x.shape[-2:]
                 x, indices[i] = self.pool(x)  # (N, C_i, ceil(H_i/2), ceil(W_i/2)) + where each max came from
+        return x, indices, sizes
+
+    def decode(self, feats, size):
+        x, indices, sizes = feats
         for level in reversed(range(len(self.decoder))):
             if level in indices:
                 x = self.unpool(x, indices[level], output_size=sizes[level])  # sparse, 2x larger
             x = self.decoder[level](x)  # densify
-        return {"out": upsample_to(x, size) if x.shape[-2:] != size else x}  # (N, num_classes, H, W)
+        return x  # (N, num_classes, H, W), or H/2 x W/2 for the compact form (upsampled by the base forward)
 
 
-def build_segnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> SegNet:
-    if backbone == "vgg16":
-        net = build_backbone("vgg16", weights=backbone_weights, batch_norm=True)
-        return SegNet(net, [64, 128, 256, 512, 512], [True] * 5, num_classes, [2, 2, 3, 3, 3])
-    net = build_backbone(backbone, weights=backbone_weights)
-    return SegNet(net, [16, 24, 40, 112, 320], [True, True, True, True, False], num_classes, [2, 2, 2, 2, 2])
+# Compact: EfficientNet-Lite0's stem keeps its stride, so four pools and two convs per decoder level.
+CONFIGS = {"vgg16": SegNetConfig(),
+           "efficientnet_lite0": SegNetConfig(pooled=(True, True, True, True, False), convs_per_level=(2,) * 5,
+                                              batch_norm_backbone=False)}
 
 
-for _bb, _compact in (("vgg16", False), ("efficientnet_lite0", True)):
+def build_segnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+                 config: SegNetConfig | None = None) -> SegNet:
+    config = config or CONFIGS[backbone]
+    extra = {"batch_norm": True} if config.batch_norm_backbone else {}
+    return SegNet(build_backbone(backbone, weights=backbone_weights, **extra), num_classes, config)
+
+
+for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"segnet_{_bb}", arch="segnet", title="SegNet", backbone=_bb, output_stride=32,
+        name=f"segnet_{_bb}", arch="segnet", order=40, title="SegNet", backbone=_bb, output_stride=32,
         paper="SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image Segmentation", year=2015,
         arxiv="1511.00561", voc12_miou=59.9,
         key_idea="The decoder upsamples with the encoder's max-pooling indices, so nothing is learned for upsampling.",
-        builder=partial(build_segnet, backbone=_bb), compact=_compact))
+        builder=partial(build_segnet, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))

@@ -12,13 +12,14 @@ decoder stops at stride 2 and the scores are upsampled bilinearly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
 from ..backbones import build_backbone
-from ..layers import SegmentationModel, conv_bn_relu, crop_to, upsample_to
+from ..layers import SegmentationModel, conv_bn_relu, crop_to
 from ..registry import ModelSpec, register
 
 
@@ -63,34 +64,48 @@ class UNetEncoder(nn.Module):
         return feats
 
 
+@dataclass(frozen=True)
+class UNetConfig:
+    paper_encoder: bool = False  # the paper's own contracting path instead of a (pretrained) backbone
+    batch_norm: bool = True  # conv-BN-ReLU in the decoder (the paper has no batch norm)
+
+
 class UNet(SegmentationModel):
-    def __init__(self, encoder: nn.Module, num_classes: int, batch_norm: bool):
+    def __init__(self, encoder: nn.Module, num_classes: int, config: UNetConfig = UNetConfig()):
         super().__init__(encoder)
+        self.config = config
+        batch_norm = config.batch_norm
         c = encoder.channels
         self.up = nn.ModuleList(UpBlock(c[i + 1], c[i], c[i], batch_norm) for i in (3, 2, 1, 0))
         self.classifier = nn.Conv2d(c[0], num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        feats = self.backbone(x)
+    def decode(self, feats, size):
         y = feats[4]  # the bottom of the U
         for up, skip in zip(self.up, reversed(feats[:4])):
             y = up(y, skip)  # up 2x, concatenate the encoder map, two 3x3 convs
-        return {"out": upsample_to(self.classifier(y), size)}  # a no-op resize for the vanilla U-Net
+        return self.classifier(y)  # (N, num_classes, H, W) for the vanilla U-Net, H/2 x W/2 for the compact one
 
 
-def build_unet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None) -> UNet:
-    if backbone == "vanilla":
+CONFIGS = {"vanilla": UNetConfig(paper_encoder=True, batch_norm=False), "efficientnet_lite0": UNetConfig()}
+
+
+def build_unet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
+               config: UNetConfig | None = None) -> UNet:
+    config = config or CONFIGS[backbone]
+    if config.paper_encoder:
         if backbone_weights is not None:
             raise ValueError("unet_vanilla has no pretrained encoder; use backbone_weights=None")
-        return UNet(UNetEncoder(), num_classes, batch_norm=False)
-    return UNet(build_backbone(backbone, weights=backbone_weights), num_classes, batch_norm=True)
+        encoder = UNetEncoder()
+    else:
+        encoder = build_backbone(backbone, weights=backbone_weights)
+    return UNet(encoder, num_classes, config)
 
 
-for _bb, _compact, _os in (("vanilla", False, 16), ("efficientnet_lite0", True, 32)):
+for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"unet_{_bb}", arch="unet", title="U-Net", backbone=_bb, output_stride=_os,
+        name=f"unet_{_bb}", arch="unet", order=120, title="U-Net", backbone=_bb,
+        output_stride=UNetEncoder.output_stride if _cfg.paper_encoder else 32,
         paper="U-Net: Convolutional Networks for Biomedical Image Segmentation", year=2015, arxiv="1505.04597",
         voc12_miou=None,
         key_idea="A symmetric encoder-decoder: every decoder level concatenates the encoder map of the same size.",
-        builder=partial(build_unet, backbone=_bb), compact=_compact))
+        builder=partial(build_unet, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))

@@ -37,8 +37,7 @@ def build_tab(gr, user_error):
 
     from ..data import voc
 
-    names = [s.name for s in registry.list_models(compact=True)
-             if s.arch in ("deeplabv1", "deeplabv2", "deeplabv3", "dilation8", "pspnet")]
+    names = [s.name for s in registry.list_models(compact=True) if s.branches()]
     names += [f"{m.name}.voc" for m in voc.catalogue() if m.name.startswith("deeplabv3_")]
     with gr.Tab("Dilation", id="dilation"):
         with gr.Row():
