@@ -131,10 +131,7 @@ def all_records(manifest: str | Path | None = None) -> list[Record]:
     """Every record: bundled ones (in the story order of the review), then each dataset module's."""
     from .weights import MANIFEST
 
-    from . import registry
-
-    story = {s.name: i for i, s in enumerate(registry.list_models())}  # the review's order
-    bundled = sorted(_bundled(Path(manifest or MANIFEST)), key=lambda r: (story[r.network], r.name))
+    bundled = sorted(_bundled(Path(manifest or MANIFEST)), key=lambda r: (r.spec.order, r.name))  # the review's order
     foreign = [r for m in _data_modules() if hasattr(m, "records") for r in m.records()]
     return bundled + foreign
 
