@@ -219,3 +219,25 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         browser.close()
     assert shot.stat().st_size > 10_000
     print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models")
+
+
+@needs_weights
+@pytest.mark.parametrize("endpoint", ["/compare", "/receptive_field", "/dilation_taps"])
+def test_bad_uploads_through_the_api_are_one_line_messages_without_paths(server, tmp_path, endpoint):
+    """Empty, random, HTML, SVG and 20000x20000 files reach segviz.preprocess, not Gradio's decoder."""
+    from gradio_client import Client, handle_file
+
+    from test_preprocess import BAD_UPLOADS, make_bad_upload
+
+    client = Client(server, verbose=False)
+    args = {"/compare": lambda f: (f, READY[:1], 0.6, None),
+            "/receptive_field": lambda f: (f, READY[:1], "predicted", False),
+            "/dilation_taps": lambda f: (f, "deeplabv3_efficientnet_lite0")}[endpoint]
+    for name in sorted(BAD_UPLOADS):
+        with pytest.raises(Exception) as e:
+            client.predict(*args(handle_file(make_bad_upload(tmp_path, name))), api_name=endpoint)
+        message = str(e.value)
+        assert "\n" not in message.strip(), (name, message)
+        assert "preprocess" not in message and "/tmp" not in message and "gradio" not in message, (name, message)
+        expected = "empty" if name == "empty.png" else "pixels" if name == "huge.png" else "not a readable image"
+        assert expected in message, (name, message)

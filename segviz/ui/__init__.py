@@ -26,6 +26,33 @@ def user_error():
         raise gr.Error(str(e).strip("'\""), print_exception=False) from None
 
 
+def upload_image(gr, **kwargs):
+    """An Image widget (upload, paste, click to select a pixel) whose preprocessing cannot fail.
+
+    Gradio's own Image decodes the upload before our handler runs, so an empty, corrupt or huge
+    file fails inside Gradio with its server temp path in the message. This one hands the handler
+    the uploaded file's path (or a pasted image's bytes) untouched; ``segviz.preprocess`` decodes it
+    and refuses bad files with one line."""
+    import base64
+    import types
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if url and url.startswith("data:"):  # a pasted image
+            try:
+                return base64.b64decode(url.split(",", 1)[1])
+            except (IndexError, ValueError):
+                return b""
+        return payload.path
+
+    image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    # On the instance, not a subclass: a gradio component subclass writes a .pyi file next to its module.
+    image.preprocess = types.MethodType(preprocess, image)
+    return image
+
+
 def build():
     import gradio as gr
 

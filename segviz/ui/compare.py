@@ -137,6 +137,8 @@ def crf_panel(gr) -> list:
 
 def build_tab(gr, user_error):
     """The Compare tab's widgets and events. ``user_error`` turns bad input into a UI message."""
+    from . import upload_image
+
     ready, waiting = model_choices("camvid")
     # Every ready model of every set is a valid choice, so that an API call works from a fresh client whatever
     # the radio shows (the page narrows the boxes to one set when it loads).
@@ -145,8 +147,7 @@ def build_tab(gr, user_error):
         view = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                 elem_id="input-image")
+                image = upload_image(gr, label="Image", elem_id="input-image")
                 examples = example_images()
                 if examples:
                     gr.Examples(examples, inputs=image, label="CamVid val frames")

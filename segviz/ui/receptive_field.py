@@ -58,6 +58,8 @@ HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]
 
 
 def build_tab(gr, user_error):
+    from . import upload_image
+
     from .compare import dataset_choices, example_images, model_choices
 
     ready, _ = model_choices("camvid")
@@ -69,8 +71,7 @@ def build_tab(gr, user_error):
         pixel = gr.State((180, 240))
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.Image(label="Image (click a pixel)", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], elem_id="rf-image")
+                image = upload_image(gr, label="Image (click a pixel)", elem_id="rf-image")
                 examples = example_images()
                 if examples:
                     gr.Examples(examples[:3], inputs=image)
