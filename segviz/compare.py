@@ -5,6 +5,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import time
 import zipfile
 from collections import OrderedDict
@@ -50,8 +51,52 @@ class Prediction:
     probs: np.ndarray | None = field(default=None, repr=False)  # (C, H, W), kept for the CRF
 
 
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 48
+class ByteCache:
+    """A least-recently-used dict bounded by the bytes of its values (``nbytes(value)``), not their count:
+    one 1024 px prediction with its probability map weighs as much as dozens of small label maps."""
+
+    def __init__(self, max_bytes: int, nbytes):
+        self.max_bytes, self.nbytes, self.bytes = max_bytes, nbytes, 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, default=None):
+        if key not in self._items:
+            return default
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __setitem__(self, key, value):
+        if key in self._items:
+            self.bytes -= self.nbytes(self._items.pop(key))
+        size = self.nbytes(value)
+        if size > self.max_bytes:
+            return  # larger than the whole cache: not kept
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= self.nbytes(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self):
+        self._items.clear()
+        self.bytes = 0
+
+
+def _prediction_bytes(p: "Prediction") -> int:
+    return p.labels.nbytes + (p.probs.nbytes if p.probs is not None else 0)
+
+
+_CACHE_MB = int(os.environ.get("SEGVIZ_CACHE_MB", "512"))  # predictions (with probability maps for the CRF)
+_CACHE = ByteCache(_CACHE_MB << 20, _prediction_bytes)
 
 
 def image_key(image: np.ndarray) -> str:
@@ -65,7 +110,6 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Predi
     key = (image_key(image), name)
     hit = _CACHE.get(key)
     if hit is not None and (hit.probs is not None or not keep_probs):
-        _CACHE.move_to_end(key)
         return hit
     model = load(name)
     t = time.perf_counter()
@@ -73,8 +117,6 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Predi
     ms = (time.perf_counter() - t) * 1000
     result = Prediction(name, probs.argmax(0).astype(np.uint8), ms, probs if keep_probs else None)
     _CACHE[key] = result
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
     return result
 
 
@@ -102,19 +144,19 @@ class Comparison:
         return [self.refined.get(p.name, p.labels) for p in self.predictions]
 
 
-_CRF_CACHE: OrderedDict = OrderedDict()
+_CRF_CACHE = ByteCache(max(1, _CACHE_MB // 8) << 20, lambda labels: labels.nbytes)  # CRF label maps
 
 
 def refine(name: str, image: np.ndarray, params) -> np.ndarray:
     from .crf import dense_crf
 
     key = (image_key(image), name, params)
-    if key not in _CRF_CACHE:
+    hit = _CRF_CACHE.get(key)
+    if hit is None:
         probs = predict_one(name, image, keep_probs=True).probs
-        _CRF_CACHE[key] = dense_crf(probs, image, params).argmax(0).astype(np.uint8)
-        while len(_CRF_CACHE) > _CACHE_SIZE:
-            _CRF_CACHE.popitem(last=False)
-    return _CRF_CACHE[key]
+        hit = dense_crf(probs, image, params).argmax(0).astype(np.uint8)
+        _CRF_CACHE[key] = hit
+    return hit
 
 
 def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, progress=None,

@@ -122,6 +122,86 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
     assert 'href="https://arxiv.org/abs/1706.05587"' in html and html.count("<tr>") == len(rows) + 1
 
 
+def test_crf_iterations_must_be_whole_numbers():
+    from segviz import crf
+    from segviz.ui.compare import crf_settings
+
+    if not crf.AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    assert crf_settings(True, 5.0).iterations == 5  # sliders send floats
+    for bad in (5.7, "5", None, float("nan"), True):
+        with pytest.raises(ValueError, match="CRF iterations must be a whole number"):
+            crf_settings(True, bad)
+
+
+@pytest.mark.parametrize("pixel", [("abc", 3), None, (1, None), (1.5, 2), (1,), "ab"])
+def test_pixels_that_are_not_two_whole_numbers_are_refused(pixel):
+    from segviz.ui.receptive_field import scale_pixel
+
+    with pytest.raises(ValueError, match="the pixel must be a"):
+        scale_pixel(pixel, (360, 480), (360, 480))
+
+
+def test_a_pixel_outside_the_image_is_refused_not_clamped():
+    from segviz.ui.receptive_field import scale_pixel
+
+    assert scale_pixel((719, 959), (720, 960), (360, 480)) == (359, 479)
+    assert scale_pixel([0, 0], (720, 960), (360, 480)) == (0, 0)
+    for pixel in [(720, 0), (0, 960), (-1, 5), (5, -1)]:
+        with pytest.raises(ValueError, match="outside the 960x720 image"):
+            scale_pixel(pixel, (720, 960), (360, 480))
+
+
+def test_crf_budget_scales_the_crf_down_or_refuses():
+    from segviz.crf import CRFParams
+    from segviz.ui.compare import crf_within_budget
+
+    light = CRFParams(5, scale=1.0)
+    assert crf_within_budget(light, (360, 480), 11, budget=10_000_000) == (light, None)
+    heavy = CRFParams(20, bilateral_sxy=200, scale=1.0)  # the heaviest the sliders allow, 1024 px, 11 models
+    scaled, note = crf_within_budget(heavy, (768, 1024), 11, budget=40_000_000)
+    assert 0.25 <= scaled.scale < 1 and scaled.iterations == 20 and "working scale" in note
+    assert 768 * 1024 * scaled.scale ** 2 * 20 * 11 <= 40_000_000
+    with pytest.raises(ValueError, match="over this server's budget"):
+        crf_within_budget(heavy, (768, 1024), 11, budget=1_000_000)
+    assert crf_within_budget(None, (768, 1024), 11) == (None, None)
+
+
+def test_prediction_caches_are_bounded_in_bytes():
+    from segviz.compare import ByteCache
+
+    cache = ByteCache(1000, lambda a: a.nbytes)
+    for i in range(10):
+        cache[i] = np.zeros(300, np.uint8)
+    assert cache.bytes <= 1000 and len(cache) == 3 and list(cache._items) == [7, 8, 9]
+    cache.get(7)  # used: now the newest
+    cache[10] = np.zeros(300, np.uint8)
+    assert list(cache._items) == [9, 7, 10]
+    cache["big"] = np.zeros(5000, np.uint8)  # larger than the cache: not kept, nothing evicted for it
+    assert "big" not in cache and len(cache) == 3
+    cache[9] = np.zeros(900, np.uint8)  # replacing a key re-counts its bytes
+    assert cache.bytes <= 1000 and list(cache._items) == [9]
+
+
+def test_outputs_are_new_files_never_rewritten():
+    from segviz.ui import png_file
+
+    a = np.zeros((20, 30, 3), np.uint8)
+    first, second = png_file(a), png_file(a)
+    assert first != second  # the same picture twice: two files, so no download reads one being rewritten
+    assert np.array_equal(np.asarray(Image.open(first)), a) and png_file("x.png") == "x.png"
+
+
+def test_run_can_be_cancelled_and_old_outputs_are_deleted():
+    import segviz.ui
+
+    demo = segviz.ui.build()
+    deps = demo.config["dependencies"]
+    run = next(i for i, d in enumerate(deps) if d.get("api_name") == "compare")
+    assert any(run in (d.get("cancels") or []) for d in deps)
+    assert demo.delete_cache and demo.delete_cache[1] > 0
+
+
 # --------------------------------------------------------------------------- a live server
 def _free_port() -> int:
     with socket.socket() as s:
@@ -132,7 +212,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port)}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port), "SEGVIZ_MAX_FILE_SIZE": "2mb"}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -241,3 +321,21 @@ def test_bad_uploads_through_the_api_are_one_line_messages_without_paths(server,
         assert "preprocess" not in message and "/tmp" not in message and "gradio" not in message, (name, message)
         expected = "empty" if name == "empty.png" else "pixels" if name == "huge.png" else "not a readable image"
         assert expected in message, (name, message)
+
+
+@needs_weights
+def test_uploads_over_the_size_limit_are_refused_with_a_message(server, tmp_path):
+    """The server fixture runs with SEGVIZ_MAX_FILE_SIZE=2mb."""
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(np.random.default_rng(0).bytes(3 << 20))
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception) as e:
+        client.predict(handle_file(str(big)), READY[:1], 0.6, None, api_name="/compare")
+    assert "exceeds the maximum file size of 2097152 bytes" in str(e.value)  # refused by the client, from the config
+    # and by the server itself, for a client that does not check
+    import httpx
+
+    r = httpx.post(server + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
+    assert r.status_code == 413 and "/tmp" not in r.text, (r.status_code, r.text)

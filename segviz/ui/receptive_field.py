@@ -18,9 +18,27 @@ def theoretical_field(name: str, size: tuple[int, int]):
     return trace(load(name), size)[1]["out"]
 
 
+def check_pixel(pixel) -> tuple[int, int]:
+    """A (y, x) pair of whole numbers, or a one-line ValueError."""
+    try:
+        y, x = pixel
+    except (TypeError, ValueError):
+        raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}") from None
+    for v in (y, x):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                not np.isfinite(v) or float(v) != int(v):
+            raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}")
+    return int(y), int(x)
+
+
 def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
-    """A click on the uploaded image -> the same point on the (possibly downscaled) working image."""
-    y, x = pixel
+    """A click on the uploaded image -> the same point on the (possibly downscaled) working image.
+
+    A pixel outside the uploaded image is refused, not moved to the nearest edge."""
+    y, x = check_pixel(pixel)
+    if not (0 <= y < original_size[0] and 0 <= x < original_size[1]):
+        raise ValueError(f"pixel (y={y}, x={x}) is outside the {original_size[1]}x{original_size[0]} image; "
+                         f"click inside it")
     sy, sx = working_size[0] / original_size[0], working_size[1] / original_size[1]
     return min(int(y * sy), working_size[0] - 1), min(int(x * sx), working_size[1] - 1)
 
@@ -58,7 +76,7 @@ HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]
 
 
 def build_tab(gr, user_error):
-    from . import upload_image
+    from . import gallery_files, upload_image
 
     from .compare import dataset_choices, example_images, model_choices
 
@@ -89,14 +107,15 @@ def build_tab(gr, user_error):
                 table = gr.Dataframe(headers=HEADERS, interactive=False)
 
         def on_select(evt: gr.SelectData):
-            x, y = evt.index
+            with user_error():
+                x, y = check_pixel(evt.index)  # Gradio sends [x, y]
             return (y, x), f"Pixel: (y={y}, x={x})"
 
         def on_run(image, pixel, names, cls, random, progress=gr.Progress()):
             with user_error():
-                tiles, rows, _ = erf_grid(image, tuple(pixel), names, cls, 4 if random else 0,
+                tiles, rows, _ = erf_grid(image, pixel, names, cls, 4 if random else 0,
                                           progress=lambda f, m: progress(f, desc=m))
-            return tiles, rows
+            return gallery_files(tiles), rows
 
         def on_model_set(model_set):
             ready, _ = model_choices(model_set)
