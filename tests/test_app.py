@@ -339,3 +339,74 @@ def test_uploads_over_the_size_limit_are_refused_with_a_message(server, tmp_path
 
     r = httpx.post(server + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
     assert r.status_code == 413 and "/tmp" not in r.text, (r.status_code, r.text)
+
+
+# --------------------------------------------------------------------------- weights that do not load
+def _bad_weights(tmp_path, kind):
+    good = ROOT / "weights" / read_manifest()["fcn8s_efficientnet_lite0.camvid"]["file"]
+    data = good.read_bytes()
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "header":
+        n = int.from_bytes(data[:8], "little")
+        path.write_bytes(data[:8] + b"X" * n + data[8 + n:])  # the JSON header garbled
+    elif kind == "png":
+        path = tmp_path / "picture.png"
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    elif kind == "other_model":
+        path.write_bytes((ROOT / "weights" / read_manifest()["deeplabv1_efficientnet_lite0.camvid"]["file"]).read_bytes())
+    return str(path)
+
+
+@needs_weights
+@pytest.mark.parametrize("kind, message", [("truncated", "not a readable safetensors file"),
+                                           ("header", "not a readable safetensors file"),
+                                           ("png", "not a readable safetensors file"),
+                                           ("other_model", "does not fit FCN")])
+def test_bad_weights_files_are_one_line_errors(tmp_path, kind, message):
+    from segviz.inference import load_model
+    from segviz.weights import WeightsError
+
+    with pytest.raises(WeightsError, match=message) as e:
+        load_model("fcn8s_efficientnet_lite0", weights=_bad_weights(tmp_path, kind), device="cpu")
+    assert "\n" not in str(e.value)
+
+
+@needs_weights
+def test_cli_weights_option_with_a_png_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "segviz", "eval", "--model", "fcn8s_efficientnet_lite0",
+                          "--weights", _bad_weights(tmp_path, "png")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "is not a readable safetensors file" in out.stderr and "Traceback" not in out.stderr
+
+
+@needs_weights
+def test_a_tampered_bundled_file_costs_only_that_model(frame, tmp_path, monkeypatch):
+    """The other models run; the notes name the tampered one. Its sha256 check is the real one, on a copy of
+    the weights folder whose first file has one byte changed."""
+    import shutil
+
+    import segviz.ui.compare as ui_compare
+
+    if len(READY) < 2:
+        pytest.skip("needs two trained models")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(ROOT / "weights" / "manifest.json", folder / "manifest.json")
+    manifest = read_manifest()
+    for name in READY[:2]:
+        (folder / manifest[name]["file"]).symlink_to(ROOT / "weights" / manifest[name]["file"])
+    tampered = folder / manifest[READY[0]]["file"]
+    data = bytearray(tampered.read_bytes())
+    data[-1] ^= 0xFF
+    tampered.unlink()
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(ui_compare, "load", lambda name: records.get(name, folder / "manifest.json").load())
+    r = run_compare(frame[0], READY[:2], 0.6)
+    assert [t.split(" · ")[0] for _, t in r["overlays"]] == TITLES[1:2]
+    note = next(n for n in r["notes"] if n.startswith(f"{READY[0]} not run"))
+    assert "corrupt or was modified" in note and str(tmp_path) not in note
+    with pytest.raises(Exception, match="corrupt or was modified"):
+        run_compare(frame[0], READY[:1], 0.6)  # nothing left to run: the error itself

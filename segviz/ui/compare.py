@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import viz
 from .. import records
-from ..compare import Comparison, compare, comparison_card, crf_views, metrics_table, overlays, resolve
+from ..compare import Comparison, compare, comparison_card, crf_views, load, metrics_table, overlays, resolve
 from ..preprocess import prepare_image, prepare_mask
 
 
@@ -101,6 +101,34 @@ def crf_within_budget(crf, size: tuple[int, int], models: int, budget: int | Non
             f"dense CRF run at working scale {scale:.2f} instead of {crf.scale:.2f} to stay within this server's budget")
 
 
+def loadable(names: list[str]) -> tuple[list[str], list[str]]:
+    """The record names whose weights load (sha256-checked), and one note per model that does not.
+
+    One tampered or unreadable file costs that model, not the whole comparison; if none loads, the
+    first model's error is raised."""
+    from ..weights import WeightsError
+
+    ok, broken, first = [], [], None
+    for r in resolve(list(names)):
+        try:
+            load(r.name)
+        except WeightsError as e:
+            first = first or e
+            broken.append(f"{r.name} not run: {_basename_paths(str(e))}")
+            continue
+        ok.append(r.name)
+    if not ok and first is not None:
+        raise WeightsError(_basename_paths(str(first)))
+    return ok, broken
+
+
+def _basename_paths(message: str) -> str:
+    """Server paths in a message reduced to their file names."""
+    import re
+
+    return re.sub(r"(?:/[^\s/'\"]+)+/([^\s/'\"]+)", r"\1", message)
+
+
 def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None) -> dict:
     """Everything the Compare tab shows for one click of Run (``names``: record names of one label
     set; ``crf``: CRFParams or None). Stateless: the names alone say which models and label set."""
@@ -108,6 +136,8 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
         raise ValueError("select at least one model")
     prepared = prepare_image(image)
     notes = list(prepared.notes)
+    names, broken = loadable(names)
+    notes += broken
     crf, scaled = crf_within_budget(crf, prepared.image.shape[:2], len(names))
     if scaled:
         notes.append(scaled)
