@@ -410,3 +410,15 @@ def test_a_tampered_bundled_file_costs_only_that_model(frame, tmp_path, monkeypa
     assert "corrupt or was modified" in note and str(tmp_path) not in note
     with pytest.raises(Exception, match="corrupt or was modified"):
         run_compare(frame[0], READY[:1], 0.6)  # nothing left to run: the error itself
+
+
+@needs_weights
+def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
+    from segviz.ui.receptive_field import erf_grid
+
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(small)
+    tiles, rows, pixel = erf_grid(str(small), None, READY[:1])
+    assert pixel == (32, 48) and len(tiles) == 1
+    with pytest.raises(ValueError, match="outside the 96x64 image"):
+        erf_grid(str(small), (180, 240), READY[:1])

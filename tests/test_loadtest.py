@@ -15,12 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 READY = ready_names("camvid")
 
 
-@pytest.fixture(scope="module")
-def app_server():
+def start_app(**env_vars):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port)}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port), **env_vars}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -32,7 +31,13 @@ def app_server():
             if proc.poll() is not None:
                 raise RuntimeError("app.py exited")
             time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/", proc.pid
+    return f"http://127.0.0.1:{port}/", proc
+
+
+@pytest.fixture(scope="module")
+def app_server():
+    url, proc = start_app()
+    yield url, proc.pid
     proc.terminate()
     proc.wait(20)
 
@@ -53,3 +58,19 @@ def test_summary_counts_failures_and_percentiles():
     assert r.percentile(50) == 2.0 and r.percentile(95) == 3.0
     text = r.summary()
     assert "requests 4, failures 1" in text and "1 x AppError: queue is full" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not READY, reason="no bundled weights yet")
+def test_a_full_queue_answers_with_the_queue_message():
+    """SEGVIZ_QUEUE=1: of 6 simultaneous uncached requests, those that find the queue full are told so."""
+    from segviz import loadtest
+
+    url, proc = start_app(SEGVIZ_QUEUE="1")
+    try:
+        r = loadtest.run(url, clients=6, requests=1, distinct=True, models=READY)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert r.latencies, r.summary()  # some were answered
+    assert r.failures and all("queue is full" in f.lower() for f in r.failures), r.summary()

@@ -49,7 +49,8 @@ def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: 
     prepared = prepare_image(image)
     img = prepared.image
     size = img.shape[:2]
-    pixel = scale_pixel(pixel, prepared.original_size, size)
+    # No click yet (a new image, or an API call): the centre.
+    pixel = (size[0] // 2, size[1] // 2) if pixel is None else scale_pixel(pixel, prepared.original_size, size)
     if not names:
         raise ValueError("select at least one model")
     todo = resolve(list(names))
@@ -86,14 +87,14 @@ def build_tab(gr, user_error):
         gr.Markdown("Click a pixel. Each tile shows the **effective receptive field** (|d logit / d input|, "
                     "Luo et al. 2016) as a heatmap and the **theoretical field** as a cyan box: the effective "
                     "field is far smaller. A missing box means the field is the whole image (global pooling).")
-        pixel = gr.State((180, 240))
+        pixel = gr.State(None)  # (y, x) of the last click on this image; None: the centre
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 image = upload_image(gr, label="Image (click a pixel)", elem_id="rf-image")
                 examples = example_images()
                 if examples:
                     gr.Examples(examples[:3], inputs=image)
-                where = gr.Markdown("Pixel: (y=180, x=240)")
+                where = gr.Markdown("Pixel: the centre (click the image to choose one)")
                 model_set = gr.Radio(dataset_choices(), value="camvid", label="Model set")
                 names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Models", elem_id="rf-models")
                 cls = gr.Dropdown(["predicted"] + list(records.datasets()["camvid"].labels.classes),
@@ -124,6 +125,8 @@ def build_tab(gr, user_error):
                                                                                                value="predicted")
 
         image.select(on_select, None, [pixel, where])
+        image.upload(lambda: (None, "Pixel: the centre (click the image to choose one)"), None, [pixel, where],
+                     api_name=False)
         run.click(on_run, [image, pixel, names, cls, random], [grid, table], api_name="receptive_field",
                   concurrency_limit=1)
         model_set.change(on_model_set, model_set, [names, cls], api_name=False)
