@@ -165,6 +165,10 @@ def test_crf_budget_scales_the_crf_down_or_refuses():
     with pytest.raises(ValueError, match="over this server's budget"):
         crf_within_budget(heavy, (768, 1024), 11, budget=1_000_000)
     assert crf_within_budget(None, (768, 1024), 11) == (None, None)
+    # With the server's default budget: the default CRF on a CamVid frame with every model runs as asked,
+    # the heaviest the sliders allow on a 1024 px image runs at a lower scale.
+    assert crf_within_budget(CRFParams(), (360, 480), 11)[1] is None
+    assert crf_within_budget(heavy, (768, 1024), 11)[0].scale < 0.5
 
 
 def test_prediction_caches_are_bounded_in_bytes():
@@ -422,3 +426,17 @@ def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
     assert pixel == (32, 48) and len(tiles) == 1
     with pytest.raises(ValueError, match="outside the 96x64 image"):
         erf_grid(str(small), (180, 240), READY[:1])
+
+
+@needs_weights
+def test_api_refuses_fractional_crf_iterations(server, frame):
+    from gradio_client import Client, handle_file
+
+    from segviz import crf
+
+    if not crf.AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="CRF iterations must be a whole number, got 5.7"):
+        client.predict(handle_file(frame[0]), READY[:1], 0.6, None, True, 5.7, 3, 3, 80, 13, 10, 0.5,
+                       api_name="/compare")

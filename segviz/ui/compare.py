@@ -70,7 +70,7 @@ def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=
 
 # Per request, the dense CRF may do at most this many pixel-iterations summed over the models (pixels at
 # the CRF's working scale x iterations x models); larger requests run at a lower working scale.
-CRF_BUDGET = int(float(os.environ.get("SEGVIZ_CRF_BUDGET", "40e6")))
+CRF_BUDGET = int(float(os.environ.get("SEGVIZ_CRF_BUDGET", "20e6")))
 MIN_CRF_SCALE = 0.25
 
 
