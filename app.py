@@ -1,4 +1,8 @@
-"""segviz's Gradio app: `python app.py [--host H] [--port P]` (or SEGVIZ_HOST / SEGVIZ_PORT)."""
+"""segviz's Gradio app: `python app.py [--host H] [--port P] [--queue N] [--max-file-size SIZE]`.
+
+Environment: SEGVIZ_HOST, SEGVIZ_PORT, SEGVIZ_QUEUE (requests waiting at most; a full queue
+answers with the queue's message), SEGVIZ_MAX_FILE_SIZE (largest upload, e.g. "20mb").
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +12,23 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import segviz.ui  # noqa: E402
 
+QUEUE = int(os.environ.get("SEGVIZ_QUEUE", "16"))
+MAX_FILE_SIZE = os.environ.get("SEGVIZ_MAX_FILE_SIZE", "20mb")
+
 demo = segviz.ui.build()
-demo.queue(default_concurrency_limit=1, max_size=16)
+demo.queue(default_concurrency_limit=1, max_size=QUEUE)
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("SEGVIZ_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SEGVIZ_PORT", "7860")))
+    parser.add_argument("--queue", type=int, default=QUEUE, help="requests that may wait (default %(default)s)")
+    parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest upload (default %(default)s)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="do not prepare the CamVid models on their fastest backend in the background at start")
     args = parser.parse_args()
+    if args.queue < 1:
+        parser.error("--queue must be at least 1")
     if not args.no_warm_up:
         import threading
 
@@ -25,4 +36,5 @@ if __name__ == "__main__":
 
         threading.Thread(target=warm_up, kwargs={"log": lambda line: print(f"backend: {line}", flush=True)},
                          daemon=True).start()
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    demo.queue(default_concurrency_limit=1, max_size=args.queue)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=args.max_file_size)

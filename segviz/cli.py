@@ -434,7 +434,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    lt = sub.add_parser("loadtest", help="concurrent /compare callers against a running app: failures, latency, RSS")
+    lt.add_argument("--url", default="http://127.0.0.1:7860/")
+    lt.add_argument("--clients", type=int, default=8)
+    lt.add_argument("--requests", type=int, default=20, help="per client")
+    lt.add_argument("--distinct", action="store_true", help="a different image per request (no cache hits)")
+    lt.add_argument("--pid", type=int, help="the server's pid, to report its resident memory before and after")
+    lt.add_argument("--image", help="the image to send (default: a CamVid val frame)")
+    lt.add_argument("--models", help="comma-separated record names (default: every ready CamVid model)")
+    lt.set_defaults(func=cmd_loadtest)
     return p
+
+
+def cmd_loadtest(args) -> int:
+    from . import loadtest
+
+    models = [m for m in args.models.split(",") if m] if args.models else None
+    result = loadtest.run(args.url, args.clients, args.requests, args.distinct, args.pid, args.image, models)
+    print(result.summary())
+    return 1 if result.failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:

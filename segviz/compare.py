@@ -52,8 +52,52 @@ class Prediction:
     backend: str = "torch"  # what ran it (segviz.backends)
 
 
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 48
+class ByteCache:
+    """A least-recently-used dict bounded by the bytes of its values (``nbytes(value)``), not their count:
+    one 1024 px prediction with its probability map weighs as much as dozens of small label maps."""
+
+    def __init__(self, max_bytes: int, nbytes):
+        self.max_bytes, self.nbytes, self.bytes = max_bytes, nbytes, 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, default=None):
+        if key not in self._items:
+            return default
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __setitem__(self, key, value):
+        if key in self._items:
+            self.bytes -= self.nbytes(self._items.pop(key))
+        size = self.nbytes(value)
+        if size > self.max_bytes:
+            return  # larger than the whole cache: not kept
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= self.nbytes(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self):
+        self._items.clear()
+        self.bytes = 0
+
+
+def _prediction_bytes(p: "Prediction") -> int:
+    return p.labels.nbytes + (p.probs.nbytes if p.probs is not None else 0)
+
+
+_CACHE_MB = int(os.environ.get("SEGVIZ_CACHE_MB", "512"))  # predictions (with probability maps for the CRF)
+_CACHE = ByteCache(_CACHE_MB << 20, _prediction_bytes)
 
 
 def image_key(image: np.ndarray) -> str:
@@ -67,7 +111,6 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Predi
     key = (image_key(image), name)
     hit = _CACHE.get(key)
     if hit is not None and (hit.probs is not None or not keep_probs):
-        _CACHE.move_to_end(key)
         return hit
     from .inference import load_runner
 
@@ -77,8 +120,6 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Predi
     ms = (time.perf_counter() - t) * 1000
     result = Prediction(name, probs.argmax(0).astype(np.uint8), ms, probs if keep_probs else None, runner.backend)
     _CACHE[key] = result
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
     return result
 
 
@@ -106,7 +147,7 @@ class Comparison:
         return [self.refined.get(p.name, p.labels) for p in self.predictions]
 
 
-_CRF_CACHE: OrderedDict = OrderedDict()
+_CRF_CACHE = ByteCache(max(1, _CACHE_MB // 8) << 20, lambda labels: labels.nbytes)  # CRF label maps
 
 
 def _crf_labels(probs: np.ndarray, image: np.ndarray, params) -> np.ndarray:
@@ -134,19 +175,19 @@ def _crf_pool():
 def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> dict[str, np.ndarray]:
     """CRF-refined labels of each model (cached); several models' CRFs run in parallel processes."""
     keys = {n: (image_key(image), n, params) for n in names}
-    todo = [n for n in names if keys[n] not in _CRF_CACHE]
+    out = {n: _CRF_CACHE.get(keys[n]) for n in names}
+    todo = [n for n in names if out[n] is None]
     if len(todo) == 1:
-        _CRF_CACHE[keys[todo[0]]] = _crf_labels(predict_one(todo[0], image, keep_probs=True).probs, image, params)
+        out[todo[0]] = _crf_labels(predict_one(todo[0], image, keep_probs=True).probs, image, params)
     elif todo:
         jobs = {n: _crf_pool().submit(_crf_labels, predict_one(n, image, keep_probs=True).probs, image, params)
                 for n in todo}
         for i, n in enumerate(todo):
-            _CRF_CACHE[keys[n]] = jobs[n].result()
+            out[n] = jobs[n].result()
             if progress:
                 progress((i + 1) / len(todo), f"dense CRF: {i + 1} of {len(todo)} models")
-    out = {n: _CRF_CACHE[keys[n]] for n in names}
-    while len(_CRF_CACHE) > _CACHE_SIZE:
-        _CRF_CACHE.popitem(last=False)
+    for n in todo:
+        _CRF_CACHE[keys[n]] = out[n]
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,10 @@ def _open(source) -> Image.Image:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise InputError(f"{source} does not exist")
+        raise InputError(f"{os.path.basename(source)} does not exist")  # never show a server path
+    if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes or (
+            isinstance(source, (str, os.PathLike)) and os.path.getsize(source) == 0):
+        raise InputError("the file is empty; upload a PNG, JPEG, BMP, TIFF or WebP image")
     try:
         im = Image.open(source)  # reads the header only
         if im.size[0] * im.size[1] > MAX_PIXELS:
@@ -44,9 +48,20 @@ def _open(source) -> Image.Image:
         im.load()
     except Image.DecompressionBombError:
         raise InputError(f"the image has more than {MAX_PIXELS:,} pixels; refusing to decode it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+    except UnidentifiedImageError:
+        raise InputError("not a readable image (the format is not recognised; "
+                         "upload a PNG, JPEG, BMP, TIFF or WebP image)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"not a readable image ({type(e).__name__}: {_scrub(str(e), source)})") from None
     return im
+
+
+def _scrub(message: str, source) -> str:
+    """The first line of a decoder's message, without any file path in it."""
+    line = message.splitlines()[0] if message else "corrupt"
+    if isinstance(source, (str, os.PathLike)):
+        line = line.replace(str(source), os.path.basename(source))
+    return re.sub(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\]", "", line) or "corrupt"
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:

@@ -35,10 +35,25 @@ def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, metadata: 
 
 
 def load_safetensors(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load with strict=True, casting stored float16 back to the model's dtype."""
-    state = load_file(str(path))
+    """Load with strict=True, casting stored float16 back to the model's dtype. A file that is not
+    safetensors, is cut short, or does not fit the model is a one-line :class:`WeightsError`."""
+    from safetensors import SafetensorError
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path} is not a readable safetensors file ({first})") from None
     own = model.state_dict()
-    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        what = [f"{len(v)} {label} (first: {v[0]})" for v, label in
+                ((missing, "missing tensors"), (unexpected, "unexpected tensors"), (shapes, "shape mismatches")) if v]
+        raise WeightsError(f"{path} does not fit {type(model).__name__}: {'; '.join(what)}; "
+                           f"is it the weights of another model?")
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     return model
 

@@ -126,6 +126,90 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
     assert 'href="https://arxiv.org/abs/1706.05587"' in html and html.count("<tr>") == len(rows) + 1
 
 
+def test_crf_iterations_must_be_whole_numbers():
+    from segviz import crf
+    from segviz.ui.compare import crf_settings
+
+    if not crf.AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    assert crf_settings(True, 5.0).iterations == 5  # sliders send floats
+    for bad in (5.7, "5", None, float("nan"), True):
+        with pytest.raises(ValueError, match="CRF iterations must be a whole number"):
+            crf_settings(True, bad)
+
+
+@pytest.mark.parametrize("pixel", [("abc", 3), None, (1, None), (1.5, 2), (1,), "ab"])
+def test_pixels_that_are_not_two_whole_numbers_are_refused(pixel):
+    from segviz.ui.receptive_field import scale_pixel
+
+    with pytest.raises(ValueError, match="the pixel must be a"):
+        scale_pixel(pixel, (360, 480), (360, 480))
+
+
+def test_a_pixel_outside_the_image_is_refused_not_clamped():
+    from segviz.ui.receptive_field import scale_pixel
+
+    assert scale_pixel((719, 959), (720, 960), (360, 480)) == (359, 479)
+    assert scale_pixel([0, 0], (720, 960), (360, 480)) == (0, 0)
+    for pixel in [(720, 0), (0, 960), (-1, 5), (5, -1)]:
+        with pytest.raises(ValueError, match="outside the 960x720 image"):
+            scale_pixel(pixel, (720, 960), (360, 480))
+
+
+def test_crf_budget_scales_the_crf_down_or_refuses():
+    from segviz.crf import CRFParams
+    from segviz.ui.compare import crf_within_budget
+
+    light = CRFParams(5, scale=1.0)
+    assert crf_within_budget(light, (360, 480), 11, budget=10_000_000) == (light, None)
+    heavy = CRFParams(20, bilateral_sxy=200, scale=1.0)  # the heaviest the sliders allow, 1024 px, 11 models
+    scaled, note = crf_within_budget(heavy, (768, 1024), 11, budget=40_000_000)
+    assert 0.25 <= scaled.scale < 1 and scaled.iterations == 20 and "working scale" in note
+    assert 768 * 1024 * scaled.scale ** 2 * 20 * 11 <= 40_000_000
+    with pytest.raises(ValueError, match="over this server's budget"):
+        crf_within_budget(heavy, (768, 1024), 11, budget=1_000_000)
+    assert crf_within_budget(None, (768, 1024), 11) == (None, None)
+    # With the server's default budget: the default CRF on a CamVid frame with every model runs as asked,
+    # the heaviest the sliders allow on a 1024 px image runs at a lower scale.
+    assert crf_within_budget(CRFParams(), (360, 480), 11)[1] is None
+    assert crf_within_budget(heavy, (768, 1024), 11)[0].scale < 0.5
+
+
+def test_prediction_caches_are_bounded_in_bytes():
+    from segviz.compare import ByteCache
+
+    cache = ByteCache(1000, lambda a: a.nbytes)
+    for i in range(10):
+        cache[i] = np.zeros(300, np.uint8)
+    assert cache.bytes <= 1000 and len(cache) == 3 and list(cache._items) == [7, 8, 9]
+    cache.get(7)  # used: now the newest
+    cache[10] = np.zeros(300, np.uint8)
+    assert list(cache._items) == [9, 7, 10]
+    cache["big"] = np.zeros(5000, np.uint8)  # larger than the cache: not kept, nothing evicted for it
+    assert "big" not in cache and len(cache) == 3
+    cache[9] = np.zeros(900, np.uint8)  # replacing a key re-counts its bytes
+    assert cache.bytes <= 1000 and list(cache._items) == [9]
+
+
+def test_outputs_are_new_files_never_rewritten():
+    from segviz.ui import png_file
+
+    a = np.zeros((20, 30, 3), np.uint8)
+    first, second = png_file(a), png_file(a)
+    assert first != second  # the same picture twice: two files, so no download reads one being rewritten
+    assert np.array_equal(np.asarray(Image.open(first)), a) and png_file("x.png") == "x.png"
+
+
+def test_run_can_be_cancelled_and_old_outputs_are_deleted():
+    import segviz.ui
+
+    demo = segviz.ui.build()
+    deps = demo.config["dependencies"]
+    run = next(i for i, d in enumerate(deps) if d.get("api_name") == "compare")
+    assert any(run in (d.get("cancels") or []) for d in deps)
+    assert demo.delete_cache and demo.delete_cache[1] > 0
+
+
 # --------------------------------------------------------------------------- a live server
 def _free_port() -> int:
     with socket.socket() as s:
@@ -136,7 +220,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port)}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port), "SEGVIZ_MAX_FILE_SIZE": "2mb"}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -228,3 +312,140 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
     full = np.asarray(Image.open(shot).convert("RGB"))
     assert full.shape[1] == 1400 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
     print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models")
+
+
+@needs_weights
+@pytest.mark.parametrize("endpoint", ["/compare", "/receptive_field", "/dilation_taps"])
+def test_bad_uploads_through_the_api_are_one_line_messages_without_paths(server, tmp_path, endpoint):
+    """Empty, random, HTML, SVG and 20000x20000 files reach segviz.preprocess, not Gradio's decoder."""
+    from gradio_client import Client, handle_file
+
+    from test_preprocess import BAD_UPLOADS, make_bad_upload
+
+    client = Client(server, verbose=False)
+    args = {"/compare": lambda f: (f, READY[:1], 0.6, None),
+            "/receptive_field": lambda f: (f, READY[:1], "predicted", False),
+            "/dilation_taps": lambda f: (f, "deeplabv3_efficientnet_lite0")}[endpoint]
+    for name in sorted(BAD_UPLOADS):
+        with pytest.raises(Exception) as e:
+            client.predict(*args(handle_file(make_bad_upload(tmp_path, name))), api_name=endpoint)
+        message = str(e.value)
+        assert "\n" not in message.strip(), (name, message)
+        assert "preprocess" not in message and "/tmp" not in message and "gradio" not in message, (name, message)
+        expected = "empty" if name == "empty.png" else "pixels" if name == "huge.png" else "not a readable image"
+        assert expected in message, (name, message)
+
+
+@needs_weights
+def test_uploads_over_the_size_limit_are_refused_with_a_message(server, tmp_path):
+    """The server fixture runs with SEGVIZ_MAX_FILE_SIZE=2mb."""
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(np.random.default_rng(0).bytes(3 << 20))
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception) as e:
+        client.predict(handle_file(str(big)), READY[:1], 0.6, None, api_name="/compare")
+    assert "exceeds the maximum file size of 2097152 bytes" in str(e.value)  # refused by the client, from the config
+    # and by the server itself, for a client that does not check
+    import httpx
+
+    r = httpx.post(server + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
+    assert r.status_code == 413 and "/tmp" not in r.text, (r.status_code, r.text)
+
+
+# --------------------------------------------------------------------------- weights that do not load
+def _bad_weights(tmp_path, kind):
+    good = ROOT / "weights" / read_manifest()["fcn8s_efficientnet_lite0.camvid"]["file"]
+    data = good.read_bytes()
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "header":
+        n = int.from_bytes(data[:8], "little")
+        path.write_bytes(data[:8] + b"X" * n + data[8 + n:])  # the JSON header garbled
+    elif kind == "png":
+        path = tmp_path / "picture.png"
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    elif kind == "other_model":
+        path.write_bytes((ROOT / "weights" / read_manifest()["deeplabv1_efficientnet_lite0.camvid"]["file"]).read_bytes())
+    return str(path)
+
+
+@needs_weights
+@pytest.mark.parametrize("kind, message", [("truncated", "not a readable safetensors file"),
+                                           ("header", "not a readable safetensors file"),
+                                           ("png", "not a readable safetensors file"),
+                                           ("other_model", "does not fit FCN")])
+def test_bad_weights_files_are_one_line_errors(tmp_path, kind, message):
+    from segviz.inference import load_model
+    from segviz.weights import WeightsError
+
+    with pytest.raises(WeightsError, match=message) as e:
+        load_model("fcn8s_efficientnet_lite0", weights=_bad_weights(tmp_path, kind), device="cpu")
+    assert "\n" not in str(e.value)
+
+
+@needs_weights
+def test_cli_weights_option_with_a_png_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "segviz", "eval", "--model", "fcn8s_efficientnet_lite0",
+                          "--weights", _bad_weights(tmp_path, "png")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "is not a readable safetensors file" in out.stderr and "Traceback" not in out.stderr
+
+
+@needs_weights
+def test_a_tampered_bundled_file_costs_only_that_model(frame, tmp_path, monkeypatch):
+    """The other models run; the notes name the tampered one. Its sha256 check is the real one, on a copy of
+    the weights folder whose first file has one byte changed."""
+    import shutil
+
+    import segviz.ui.compare as ui_compare
+
+    if len(READY) < 2:
+        pytest.skip("needs two trained models")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(ROOT / "weights" / "manifest.json", folder / "manifest.json")
+    manifest = read_manifest()
+    for name in READY[:2]:
+        (folder / manifest[name]["file"]).symlink_to(ROOT / "weights" / manifest[name]["file"])
+    tampered = folder / manifest[READY[0]]["file"]
+    data = bytearray(tampered.read_bytes())
+    data[-1] ^= 0xFF
+    tampered.unlink()
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(ui_compare, "load", lambda name: records.get(name, folder / "manifest.json").load())
+    r = run_compare(frame[0], READY[:2], 0.6)
+    assert [t.split(" · ")[0] for _, t in r["overlays"]] == TITLES[1:2]
+    note = next(n for n in r["notes"] if n.startswith(f"{READY[0]} not run"))
+    assert "corrupt or was modified" in note and str(tmp_path) not in note
+    with pytest.raises(Exception, match="corrupt or was modified"):
+        run_compare(frame[0], READY[:1], 0.6)  # nothing left to run: the error itself
+
+
+@needs_weights
+def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
+    from segviz.ui.receptive_field import erf_grid
+
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(small)
+    tiles, rows, pixel = erf_grid(str(small), None, READY[:1])
+    assert pixel == (32, 48) and len(tiles) == 1
+    with pytest.raises(ValueError, match="outside the 96x64 image"):
+        erf_grid(str(small), (180, 240), READY[:1])
+
+
+@needs_weights
+def test_api_refuses_fractional_crf_iterations(server, frame):
+    from gradio_client import Client, handle_file
+
+    from segviz import crf
+
+    if not crf.AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="CRF iterations must be a whole number, got 5.7"):
+        client.predict(handle_file(frame[0]), READY[:1], 0.6, None, True, 5.7, 3, 3, 80, 13, 10, 0.5,
+                       api_name="/compare")

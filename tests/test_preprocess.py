@@ -112,3 +112,48 @@ def test_mask_of_a_downscaled_image_follows_it():
     mask[:, 2000:] = 3
     out = prepare_mask(_save(Image.fromarray(mask)), (768, 1024), 11, 11, original_size=(3000, 4000))
     assert out.shape == (768, 1024) and out[0, 0] == 0 and out[0, -1] == 3
+
+
+def huge_png(path, side=20000):
+    """A real 1-bit ``side`` x ``side`` PNG (a few hundred kB): small on disk, a bomb once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)
+    body = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+BAD_UPLOADS = {
+    "empty.png": lambda p: p.write_bytes(b"") and p,
+    "random.png": lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)) and p,
+    "page.png": lambda p: p.write_bytes(b"<!DOCTYPE html><html><body>not an image</body></html>") and p,
+    "drawing.png": lambda p: p.write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>') and p,
+    "huge.png": huge_png,
+}
+
+
+def make_bad_upload(tmp_path, name):
+    path = tmp_path / name
+    BAD_UPLOADS[name](path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UPLOADS))
+def test_bad_uploads_are_one_line_errors_without_paths(tmp_path, name):
+    path = make_bad_upload(tmp_path, name)
+    with pytest.raises(InputError) as e:
+        prepare_image(path)
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path) not in message and "/" not in message, message
+
+
+def test_missing_file_message_names_no_directory(tmp_path):
+    with pytest.raises(InputError, match="^gone.png does not exist$"):
+        prepare_image(str(tmp_path / "gone.png"))

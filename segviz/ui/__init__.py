@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
+import time
 
+import numpy as np
 import torch
+
+OUTPUTS = os.path.join(tempfile.gettempdir(), "segviz-outputs")
+KEEP_OUTPUTS_S = int(os.environ.get("SEGVIZ_KEEP_OUTPUTS", "3600"))  # our PNGs and Gradio's cached copies
 
 
 def device_line() -> str:
@@ -26,12 +33,79 @@ def user_error():
         raise gr.Error(str(e).strip("'\""), print_exception=False) from None
 
 
+def upload_image(gr, **kwargs):
+    """An Image widget (upload, paste, click to select a pixel) whose preprocessing cannot fail.
+
+    Gradio's own Image decodes the upload before our handler runs, so an empty, corrupt or huge
+    file fails inside Gradio with its server temp path in the message. This one hands the handler
+    the uploaded file's path (or a pasted image's bytes) untouched; ``segviz.preprocess`` decodes it
+    and refuses bad files with one line."""
+    import base64
+    import types
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if url and url.startswith("data:"):  # a pasted image
+            try:
+                return base64.b64decode(url.split(",", 1)[1])
+            except (IndexError, ValueError):
+                return b""
+        return payload.path
+
+    image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    # On the instance, not a subclass: a gradio component subclass writes a .pyi file next to its module.
+    image.preprocess = types.MethodType(preprocess, image)
+    return image
+
+
+def png_file(image):
+    """Write an image (numpy) to a new, uniquely named PNG and return its path; anything else passes through.
+
+    Gradio saves a returned array at a path named by its content, rewriting the file in place, so a
+    second client asking for the same picture could download it half written. A file we hand over is
+    copied into Gradio's cache atomically, under its own unique name. Files older than
+    ``KEEP_OUTPUTS_S`` are removed as new ones are written."""
+    if not isinstance(image, np.ndarray):
+        return image
+    from PIL import Image
+
+    os.makedirs(OUTPUTS, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="out-", suffix=".png", dir=OUTPUTS)
+    with os.fdopen(fd, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG", compress_level=1)
+    _prune(OUTPUTS, KEEP_OUTPUTS_S)
+    return path
+
+
+_last_prune = [0.0]
+
+
+def _prune(folder: str, age_s: float):
+    now = time.time()
+    if now - _last_prune[0] < 60:
+        return
+    _last_prune[0] = now
+    for entry in os.scandir(folder):
+        try:
+            if now - entry.stat().st_mtime > age_s:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def gallery_files(items):
+    return [(png_file(image), caption) for image, caption in items]
+
+
 def build():
     import gradio as gr
 
     from . import compare, dilation, models, receptive_field
 
-    with gr.Blocks(title="segviz: semantic segmentation, side by side", analytics_enabled=False) as demo:
+    with gr.Blocks(title="segviz: semantic segmentation, side by side", analytics_enabled=False,
+                   delete_cache=(max(60, KEEP_OUTPUTS_S // 4), KEEP_OUTPUTS_S)) as demo:
         gr.Markdown("# segviz\nThe classic semantic-segmentation architectures, side by side. " + device_line(),
                     elem_id="header")
         with gr.Tabs():

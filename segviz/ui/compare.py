@@ -5,6 +5,8 @@ The handlers are plain functions (file paths / numpy in, numpy / figures / text 
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import numpy as np
 
 from .. import viz
 from .. import records
-from ..compare import Comparison, compare, comparison_card, crf_views, metrics_table, overlays, resolve
+from ..compare import Comparison, compare, comparison_card, crf_views, load, metrics_table, overlays, resolve
 from ..preprocess import prepare_image, prepare_mask
 
 
@@ -62,8 +64,69 @@ def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=
 
     if not AVAILABLE:
         raise ValueError(INSTALL_HINT)
-    return CRFParams(int(iterations), float(gaussian_sxy), float(gaussian_compat), float(bilateral_sxy),
+    return CRFParams(whole_number(iterations, "CRF iterations"), float(gaussian_sxy), float(gaussian_compat), float(bilateral_sxy),
                      float(bilateral_srgb), float(bilateral_compat), float(scale)).check()
+
+
+# Per request, the dense CRF may do at most this many pixel-iterations summed over the models (pixels at
+# the CRF's working scale x iterations x models); larger requests run at a lower working scale.
+CRF_BUDGET = int(float(os.environ.get("SEGVIZ_CRF_BUDGET", "20e6")))
+MIN_CRF_SCALE = 0.25
+
+
+def whole_number(value, what: str) -> int:
+    """An integer given as int or integral float (sliders send floats); anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if not math.isfinite(float(value)) or float(value) != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def crf_within_budget(crf, size: tuple[int, int], models: int, budget: int | None = None):
+    """``crf`` unchanged when its cost fits ``budget`` pixel-iterations, else the same settings at the working
+    scale that fits (and a note saying so); a request that does not fit even at the lowest scale is refused."""
+    budget = CRF_BUDGET if budget is None else budget
+    if crf is None:
+        return None, None
+    pixels = size[0] * size[1]
+    work = pixels * crf.scale ** 2 * crf.iterations * models
+    if work <= budget:
+        return crf, None
+    scale = math.floor(math.sqrt(budget / (pixels * crf.iterations * models)) * 20) / 20  # steps of 0.05
+    if scale < MIN_CRF_SCALE:
+        raise ValueError(f"the dense CRF with {crf.iterations} iterations on {models} models of a {size[1]}x{size[0]} "
+                         f"image is over this server's budget; use fewer iterations or models, or a smaller image")
+    return (dataclasses.replace(crf, scale=scale),
+            f"dense CRF run at working scale {scale:.2f} instead of {crf.scale:.2f} to stay within this server's budget")
+
+
+def loadable(names: list[str]) -> tuple[list[str], list[str]]:
+    """The record names whose weights load (sha256-checked), and one note per model that does not.
+
+    One tampered or unreadable file costs that model, not the whole comparison; if none loads, the
+    first model's error is raised."""
+    from ..weights import WeightsError
+
+    ok, broken, first = [], [], None
+    for r in resolve(list(names)):
+        try:
+            load(r.name)
+        except WeightsError as e:
+            first = first or e
+            broken.append(f"{r.name} not run: {_basename_paths(str(e))}")
+            continue
+        ok.append(r.name)
+    if not ok and first is not None:
+        raise WeightsError(_basename_paths(str(first)))
+    return ok, broken
+
+
+def _basename_paths(message: str) -> str:
+    """Server paths in a message reduced to their file names."""
+    import re
+
+    return re.sub(r"(?:/[^\s/'\"]+)+/([^\s/'\"]+)", r"\1", message)
 
 
 def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None) -> dict:
@@ -73,6 +136,11 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
         raise ValueError("select at least one model")
     prepared = prepare_image(image)
     notes = list(prepared.notes)
+    names, broken = loadable(names)
+    notes += broken
+    crf, scaled = crf_within_budget(crf, prepared.image.shape[:2], len(names))
+    if scaled:
+        notes.append(scaled)
     labelset = resolve(list(names))[0].labels
     mask = None
     if gt is not None:
@@ -137,6 +205,8 @@ def crf_panel(gr) -> list:
 
 def build_tab(gr, user_error):
     """The Compare tab's widgets and events. ``user_error`` turns bad input into a UI message."""
+    from . import gallery_files, png_file, upload_image
+
     ready, waiting = model_choices("camvid")
     # Every ready model of every set is a valid choice, so that an API call works from a fresh client whatever
     # the radio shows (the page narrows the boxes to one set when it loads).
@@ -145,8 +215,7 @@ def build_tab(gr, user_error):
         view = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                 elem_id="input-image")
+                image = upload_image(gr, label="Image", elem_id="input-image")
                 examples = example_images()
                 if examples:
                     gr.Examples(examples, inputs=image, label="CamVid val frames")
@@ -155,7 +224,9 @@ def build_tab(gr, user_error):
                 names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Architectures",
                                          elem_id="architectures")
                 unavailable = gr.Markdown(waiting)
-                run = gr.Button("Run all", variant="primary", elem_id="run")
+                with gr.Row():
+                    run = gr.Button("Run all", variant="primary", elem_id="run")
+                    cancel = gr.Button("Cancel", elem_id="cancel")
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
                 gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel)", file_types=[".png"],
                              type="filepath")
@@ -193,16 +264,19 @@ def build_tab(gr, user_error):
             crf_names = list(r["crf"])
             first = r["crf"][crf_names[0]] if crf_names else None
             changed = [(v["changed"], f"{n} · {v['changed_share'] * 100:.1f}% changed") for n, v in r["crf"].items()]
-            return (r["view"], r["overlays"], r["legend"], note, r["disagreement"], r["agreement"], r["shares"],
-                    r["errors"], gr.Dataframe(value=rows, headers=header),
+            return (r["view"], gallery_files(r["overlays"]), r["legend"], note, png_file(r["disagreement"]),
+                    r["agreement"], r["shares"], gallery_files(r["errors"]), gr.Dataframe(value=rows, headers=header),
                     gr.Dropdown(choices=crf_names, value=crf_names[0] if crf_names else None),
-                    (first["before"], first["after"]) if first else None, changed)
+                    (png_file(first["before"]), png_file(first["after"])) if first else None, gallery_files(changed))
 
         def on_crf_model(view, name):
             if view is None or not name:
                 return None
             v = crf_views(view.comparison, view.alpha).get(name)
-            return (v["before"], v["after"]) if v else None
+            return (png_file(v["before"]), png_file(v["after"])) if v else None
+
+        def on_restyle(view, alpha):
+            return gallery_files(restyle(view, alpha))
 
         def on_model_set(model_set):
             ready, waiting = model_choices(model_set)
@@ -212,12 +286,13 @@ def build_tab(gr, user_error):
             with user_error():
                 return export_card(view)
 
-        run.click(on_run, [image, names, alpha, gt, *crf_controls],
+        running = run.click(on_run, [image, names, alpha, gt, *crf_controls],
                   [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics, crf_model,
                    crf_slider, crf_changed],
                   api_name="compare", concurrency_limit=1)
         crf_model.change(on_crf_model, [view, crf_model], crf_slider, api_name=False)
-        alpha.release(restyle, [view, alpha], gallery, api_name="restyle")
+        cancel.click(None, None, None, cancels=[running], api_name=False)
+        alpha.release(on_restyle, [view, alpha], gallery, api_name="restyle")
         model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")
     return on_model_set, model_set, [names, unavailable]

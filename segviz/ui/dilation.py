@@ -32,6 +32,8 @@ def branch_taps(image, pixel, name: str):
 
 
 def build_tab(gr, user_error):
+    from . import upload_image
+
     from .. import registry
     from .compare import example_images
 
@@ -52,8 +54,7 @@ def build_tab(gr, user_error):
             with gr.Column():
                 gr.Markdown("**A model's own branches** at a clicked pixel, at the right scale "
                             "(feature stride x rate), one colour per branch.")
-                image = gr.Image(label="Image (click a pixel)", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], elem_id="dilation-image")
+                image = upload_image(gr, label="Image (click a pixel)", elem_id="dilation-image")
                 examples = example_images()
                 if examples:
                     gr.Examples(examples[:3], inputs=image)

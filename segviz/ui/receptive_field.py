@@ -18,9 +18,27 @@ def theoretical_field(name: str, size: tuple[int, int]):
     return trace(load(name), size)[1]["out"]
 
 
+def check_pixel(pixel) -> tuple[int, int]:
+    """A (y, x) pair of whole numbers, or a one-line ValueError."""
+    try:
+        y, x = pixel
+    except (TypeError, ValueError):
+        raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}") from None
+    for v in (y, x):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                not np.isfinite(v) or float(v) != int(v):
+            raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}")
+    return int(y), int(x)
+
+
 def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
-    """A click on the uploaded image -> the same point on the (possibly downscaled) working image."""
-    y, x = pixel
+    """A click on the uploaded image -> the same point on the (possibly downscaled) working image.
+
+    A pixel outside the uploaded image is refused, not moved to the nearest edge."""
+    y, x = check_pixel(pixel)
+    if not (0 <= y < original_size[0] and 0 <= x < original_size[1]):
+        raise ValueError(f"pixel (y={y}, x={x}) is outside the {original_size[1]}x{original_size[0]} image; "
+                         f"click inside it")
     sy, sx = working_size[0] / original_size[0], working_size[1] / original_size[1]
     return min(int(y * sy), working_size[0] - 1), min(int(x * sx), working_size[1] - 1)
 
@@ -31,7 +49,8 @@ def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: 
     prepared = prepare_image(image)
     img = prepared.image
     size = img.shape[:2]
-    pixel = scale_pixel(pixel, prepared.original_size, size)
+    # No click yet (a new image, or an API call): the centre.
+    pixel = (size[0] // 2, size[1] // 2) if pixel is None else scale_pixel(pixel, prepared.original_size, size)
     if not names:
         raise ValueError("select at least one model")
     todo = resolve(list(names))
@@ -58,6 +77,8 @@ HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]
 
 
 def build_tab(gr, user_error):
+    from . import gallery_files, upload_image
+
     from .compare import dataset_choices, example_images, model_choices
 
     ready, _ = model_choices("camvid")
@@ -66,15 +87,14 @@ def build_tab(gr, user_error):
         gr.Markdown("Click a pixel. Each tile shows the **effective receptive field** (|d logit / d input|, "
                     "Luo et al. 2016) as a heatmap and the **theoretical field** as a cyan box: the effective "
                     "field is far smaller. A missing box means the field is the whole image (global pooling).")
-        pixel = gr.State((180, 240))
+        pixel = gr.State(None)  # (y, x) of the last click on this image; None: the centre
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.Image(label="Image (click a pixel)", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], elem_id="rf-image")
+                image = upload_image(gr, label="Image (click a pixel)", elem_id="rf-image")
                 examples = example_images()
                 if examples:
                     gr.Examples(examples[:3], inputs=image)
-                where = gr.Markdown("Pixel: (y=180, x=240)")
+                where = gr.Markdown("Pixel: the centre (click the image to choose one)")
                 model_set = gr.Radio(dataset_choices(), value="camvid", label="Model set")
                 names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Models", elem_id="rf-models")
                 cls = gr.Dropdown(["predicted"] + list(records.datasets()["camvid"].labels.classes),
@@ -88,14 +108,15 @@ def build_tab(gr, user_error):
                 table = gr.Dataframe(headers=HEADERS, interactive=False)
 
         def on_select(evt: gr.SelectData):
-            x, y = evt.index
+            with user_error():
+                x, y = check_pixel(evt.index)  # Gradio sends [x, y]
             return (y, x), f"Pixel: (y={y}, x={x})"
 
         def on_run(image, pixel, names, cls, random, progress=gr.Progress()):
             with user_error():
-                tiles, rows, _ = erf_grid(image, tuple(pixel), names, cls, 4 if random else 0,
+                tiles, rows, _ = erf_grid(image, pixel, names, cls, 4 if random else 0,
                                           progress=lambda f, m: progress(f, desc=m))
-            return tiles, rows
+            return gallery_files(tiles), rows
 
         def on_model_set(model_set):
             ready, _ = model_choices(model_set)
@@ -104,6 +125,8 @@ def build_tab(gr, user_error):
                                                                                                value="predicted")
 
         image.select(on_select, None, [pixel, where])
+        image.upload(lambda: (None, "Pixel: the centre (click the image to choose one)"), None, [pixel, where],
+                     api_name=False)
         run.click(on_run, [image, pixel, names, cls, random], [grid, table], api_name="receptive_field",
                   concurrency_limit=1)
         model_set.change(on_model_set, model_set, [names, cls], api_name=False)
