@@ -17,9 +17,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@functools.lru_cache(maxsize=32)
 def load_model(name: str, weights: str | None = None, device: str | None = None,
                manifest: str = str(MANIFEST)) -> torch.nn.Module:
+    """See :func:`_load_model` (cached on the arguments, however they are passed)."""
+    return _load_model(name, weights, device, str(manifest))
+
+
+@functools.lru_cache(maxsize=32)
+def _load_model(name: str, weights: str | None, device: str | None, manifest: str) -> torch.nn.Module:
     """A trained model in eval mode on ``device`` (default: CUDA when present). ``name`` is a record
     (``fcn8s_efficientnet_lite0.camvid``, or a registry key with one record); its weights are
     sha256-checked. With ``weights`` (a safetensors file), ``name`` may be any registry key.

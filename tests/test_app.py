@@ -300,6 +300,10 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
                                ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
         alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
         assert [a.split(" · ")[0] for a in alts] == TITLES
+        forwards = sum(float(a.split(" · ")[1].split()[0]) for a in alts) / 1000  # each title carries its forward
+        # The overlays stream in model by model; the legend and the figures come with the last step.
+        page.wait_for_function(f"document.querySelectorAll('#legend .segviz-legend-item').length > 0",
+                               timeout=120_000)
         legend = page.eval_on_selector_all("#legend .segviz-legend-item", "els => els.map(e => e.dataset.class)")
         assert legend == list(CAMVID.classes)
         # What the user sees: every class swatch of the legend is drawn in its exact palette colour.
@@ -311,7 +315,8 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         browser.close()
     full = np.asarray(Image.open(shot).convert("RGB"))
     assert full.shape[1] == 1400 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
-    print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models")
+    print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models, whose forwards took {forwards:.1f} s "
+          f"({seconds / forwards:.2f}x)")
 
 
 @needs_weights

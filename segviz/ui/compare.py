@@ -165,6 +165,15 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
     return result
 
 
+def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = False):
+    """Yield (record, prediction) model by model: the Compare tab shows each overlay as it is ready
+    (the predictions are cached, so the full comparison that follows does not run them again)."""
+    from ..compare import predict_one
+
+    for r in resolve(list(names)):
+        yield r, predict_one(r.name, image, keep_probs=keep_probs)
+
+
 def restyle(view: CompareView | None, alpha: float) -> list:
     if view is None:
         return []
@@ -256,18 +265,33 @@ def build_tab(gr, user_error):
                     card = gr.File(label="Comparison card (.zip)")
 
         def on_run(image, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
+            """A generator: each overlay appears as its model finishes, then everything else at once
+            (API clients get the final outputs only)."""
             with user_error():
                 crf = crf_settings(use_crf, *crf_values)
+                if not names:
+                    raise ValueError("select at least one model")
+                working = prepare_image(image).image
+                ready, _ = loadable(names)
+            tiles = []
+            skip = [gr.skip()] * 10
+            for i, (r, p) in enumerate(stream_predictions(working, ready, keep_probs=crf is not None)):
+                progress(i / len(ready), desc=f"ran {r.title}")
+                tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)),
+                              f"{r.title} · {p.ms:.0f} ms · {p.backend}"))
+                yield [gr.skip(), list(tiles)] + skip
+            with user_error():
                 r = run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf)
             header, rows = r["metrics"]
             note = " · ".join(r["notes"])
             crf_names = list(r["crf"])
             first = r["crf"][crf_names[0]] if crf_names else None
             changed = [(v["changed"], f"{n} · {v['changed_share'] * 100:.1f}% changed") for n, v in r["crf"].items()]
-            return (r["view"], gallery_files(r["overlays"]), r["legend"], note, png_file(r["disagreement"]),
-                    r["agreement"], r["shares"], gallery_files(r["errors"]), gr.Dataframe(value=rows, headers=header),
-                    gr.Dropdown(choices=crf_names, value=crf_names[0] if crf_names else None),
-                    (png_file(first["before"]), png_file(first["after"])) if first else None, gallery_files(changed))
+            yield (r["view"], gallery_files(r["overlays"]) if crf else tiles, r["legend"], note,
+                   png_file(r["disagreement"]), r["agreement"], r["shares"], gallery_files(r["errors"]),
+                   gr.Dataframe(value=rows, headers=header),
+                   gr.Dropdown(choices=crf_names, value=crf_names[0] if crf_names else None),
+                   (png_file(first["before"]), png_file(first["after"])) if first else None, gallery_files(changed))
 
         def on_crf_model(view, name):
             if view is None or not name:
