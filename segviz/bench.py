@@ -132,7 +132,7 @@ def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int 
 def bench_erf(image, pixel=(180, 240), model_set: str = "camvid", runs: int = 3) -> dict:
     """Time the Receptive field tab's work for every ready model at one pixel: the first call
     (loads models, traces the theoretical fields) and the median of warm calls (gradients only)."""
-    from .ui.receptive_field import erf_grid
+    from .receptive_field import erf_grid
 
     names = [r.name for r in records.records(model_set) if r.missing() is None]
     t = time.perf_counter()

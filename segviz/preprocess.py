@@ -151,3 +151,29 @@ def prepare_mask(source, size: tuple[int, int], num_classes: int, ignore_index: 
     if (h, w) != tuple(size):
         a = np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.NEAREST))
     return a
+
+
+# --------------------------------------------------------------------------- clicked pixels
+def check_pixel(pixel) -> tuple[int, int]:
+    """A (y, x) pair of whole numbers, or a one-line ValueError."""
+    try:
+        y, x = pixel
+    except (TypeError, ValueError):
+        raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}") from None
+    for v in (y, x):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                not np.isfinite(v) or float(v) != int(v):
+            raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}")
+    return int(y), int(x)
+
+
+def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
+    """A click on the uploaded image -> the same point on the (possibly downscaled) working image.
+
+    A pixel outside the uploaded image is refused, not moved to the nearest edge."""
+    y, x = check_pixel(pixel)
+    if not (0 <= y < original_size[0] and 0 <= x < original_size[1]):
+        raise ValueError(f"pixel (y={y}, x={x}) is outside the {original_size[1]}x{original_size[0]} image; "
+                         f"click inside it")
+    sy, sx = working_size[0] / original_size[0], working_size[1] / original_size[1]
+    return min(int(y * sy), working_size[0] - 1), min(int(x * sx), working_size[1] - 1)

@@ -12,6 +12,8 @@ the field the whole image, which is reported as such rather than as a number.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, replace
 
@@ -305,3 +307,49 @@ def erf_extent(erf, threshold: float = 0.05) -> tuple[int, int]:
     if ys.size == 0:
         return 0, 0
     return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+# --------------------------------------------------------------------------- the Receptive field tab's grid
+@functools.lru_cache(maxsize=64)
+def theoretical_field(name: str, size: tuple[int, int]):
+    """Traced once per model and image size (the weights do not matter, the graph does)."""
+    from .compare import load
+
+    return trace(load(name), size)[1]["out"]
+
+
+def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: int = 0, progress=None):
+    """Per model: the ERF heatmap of ``pixel`` with the theoretical field drawn as a box, and a
+    table row (model, class, theoretical field, ERF extent at 5% of its peak)."""
+    from . import viz
+    from .compare import load, resolve
+    from .preprocess import prepare_image, scale_pixel
+
+    prepared = prepare_image(image)
+    img = prepared.image
+    size = img.shape[:2]
+    # No click yet (a new image, or an API call): the centre.
+    pixel = (size[0] // 2, size[1] // 2) if pixel is None else scale_pixel(pixel, prepared.original_size, size)
+    if not names:
+        raise ValueError("select at least one model")
+    todo = resolve(list(names))
+    classes = list(todo[0].labels.classes)
+    if class_name not in (None, "", "predicted") and class_name not in classes:
+        raise ValueError(f"unknown class {class_name!r} for {todo[0].dataset.name}; choose one of: {', '.join(classes)}")
+    class_index = None if class_name in (None, "", "predicted") else classes.index(class_name)
+    tiles, rows = [], []
+    for i, r in enumerate(todo):
+        name = r.name
+        if progress:
+            progress(i / len(todo), f"gradients of {r.title}")
+        erf, c = effective_field(load(name), img, pixel, class_index, samples=random_inputs)
+        field = theoretical_field(name, size)
+        ey, ex = erf_extent(erf)
+        tile = viz.draw_box(viz.heatmap_overlay(img, erf), field_box(field, pixel, size), pixel)
+        cls = classes[c] if c is not None else "predicted (random inputs)"
+        tiles.append((tile, f"{r.title} · {cls}"))
+        rows.append([r.title, cls, describe(field), f"{ey} x {ex} px"])
+    return tiles, rows, pixel
+
+
+HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]

@@ -140,14 +140,14 @@ def test_crf_iterations_must_be_whole_numbers():
 
 @pytest.mark.parametrize("pixel", [("abc", 3), None, (1, None), (1.5, 2), (1,), "ab"])
 def test_pixels_that_are_not_two_whole_numbers_are_refused(pixel):
-    from segviz.ui.receptive_field import scale_pixel
+    from segviz.preprocess import scale_pixel
 
     with pytest.raises(ValueError, match="the pixel must be a"):
         scale_pixel(pixel, (360, 480), (360, 480))
 
 
 def test_a_pixel_outside_the_image_is_refused_not_clamped():
-    from segviz.ui.receptive_field import scale_pixel
+    from segviz.preprocess import scale_pixel
 
     assert scale_pixel((719, 959), (720, 960), (360, 480)) == (359, 479)
     assert scale_pixel([0, 0], (720, 960), (360, 480)) == (0, 0)
@@ -432,7 +432,7 @@ def test_a_tampered_bundled_file_costs_only_that_model(frame, tmp_path, monkeypa
 
 @needs_weights
 def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
-    from segviz.ui.receptive_field import erf_grid
+    from segviz.receptive_field import erf_grid
 
     small = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(small)

@@ -4,7 +4,7 @@ ASPP / context / pyramid branches drawn on the image. Handlers are plain functio
 from .. import viz
 from ..dilation import holes, model_branches, stacked_coverage
 from ..preprocess import prepare_image
-from .receptive_field import scale_pixel
+from ..preprocess import scale_pixel
 
 
 def parse_rates(text: str) -> list[int]:

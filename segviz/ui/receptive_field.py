@@ -1,79 +1,10 @@
 """Receptive field tab: click a pixel, see each model's theoretical field (box) and effective
 field (gradient heatmap). Handlers are plain functions; only ``build_tab`` touches gradio."""
 
-import functools
-
-import numpy as np
-
-from .. import viz
 from .. import records
-from ..compare import load, resolve
-from ..preprocess import prepare_image
-from ..receptive_field import describe, effective_field, erf_extent, field_box, trace
+from ..receptive_field import HEADERS, erf_grid
 
 
-@functools.lru_cache(maxsize=64)
-def theoretical_field(name: str, size: tuple[int, int]):
-    """Traced once per model and image size (the weights do not matter, the graph does)."""
-    return trace(load(name), size)[1]["out"]
-
-
-def check_pixel(pixel) -> tuple[int, int]:
-    """A (y, x) pair of whole numbers, or a one-line ValueError."""
-    try:
-        y, x = pixel
-    except (TypeError, ValueError):
-        raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}") from None
-    for v in (y, x):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
-                not np.isfinite(v) or float(v) != int(v):
-            raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}")
-    return int(y), int(x)
-
-
-def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:
-    """A click on the uploaded image -> the same point on the (possibly downscaled) working image.
-
-    A pixel outside the uploaded image is refused, not moved to the nearest edge."""
-    y, x = check_pixel(pixel)
-    if not (0 <= y < original_size[0] and 0 <= x < original_size[1]):
-        raise ValueError(f"pixel (y={y}, x={x}) is outside the {original_size[1]}x{original_size[0]} image; "
-                         f"click inside it")
-    sy, sx = working_size[0] / original_size[0], working_size[1] / original_size[1]
-    return min(int(y * sy), working_size[0] - 1), min(int(x * sx), working_size[1] - 1)
-
-
-def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: int = 0, progress=None):
-    """Per model: the ERF heatmap of ``pixel`` with the theoretical field drawn as a box, and a
-    table row (model, class, theoretical field, ERF extent at 5% of its peak)."""
-    prepared = prepare_image(image)
-    img = prepared.image
-    size = img.shape[:2]
-    # No click yet (a new image, or an API call): the centre.
-    pixel = (size[0] // 2, size[1] // 2) if pixel is None else scale_pixel(pixel, prepared.original_size, size)
-    if not names:
-        raise ValueError("select at least one model")
-    todo = resolve(list(names))
-    classes = list(todo[0].labels.classes)
-    if class_name not in (None, "", "predicted") and class_name not in classes:
-        raise ValueError(f"unknown class {class_name!r} for {todo[0].dataset.name}; choose one of: {', '.join(classes)}")
-    class_index = None if class_name in (None, "", "predicted") else classes.index(class_name)
-    tiles, rows = [], []
-    for i, r in enumerate(todo):
-        name = r.name
-        if progress:
-            progress(i / len(todo), f"gradients of {r.title}")
-        erf, c = effective_field(load(name), img, pixel, class_index, samples=random_inputs)
-        field = theoretical_field(name, size)
-        ey, ex = erf_extent(erf)
-        tile = viz.draw_box(viz.heatmap_overlay(img, erf), field_box(field, pixel, size), pixel)
-        cls = classes[c] if c is not None else "predicted (random inputs)"
-        tiles.append((tile, f"{r.title} · {cls}"))
-        rows.append([r.title, cls, describe(field), f"{ey} x {ex} px"])
-    return tiles, rows, pixel
-
-
-HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]
 
 
 def build_tab(gr, user_error):
