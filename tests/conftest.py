@@ -25,3 +25,32 @@ def camvid_root():
     if not (CAMVID / "val.txt").exists():
         pytest.skip("CamVid is not in ../shared/datasets/camvid")
     return CAMVID
+
+
+def start_app(**env_vars):
+    """``python app.py`` on a free port with extra environment variables; returns (url, process).
+    Its output goes to a temporary file (a pipe nobody reads would fill up and stall the server)."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port), **env_vars}
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return f"http://127.0.0.1:{port}/", proc
+        except OSError:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(log.read().decode(errors="replace")[-2000:])
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("app.py did not start listening within 120 s")

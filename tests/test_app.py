@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import start_app
 from segviz import records
 from segviz.data.palettes import CAMVID
 from segviz.preprocess import InputError
@@ -211,28 +211,9 @@ def test_run_can_be_cancelled_and_old_outputs_are_deleted():
 
 
 # --------------------------------------------------------------------------- a live server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port), "SEGVIZ_MAX_FILE_SIZE": "2mb"}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
-            time.sleep(0.5)
+    url, proc = start_app(SEGVIZ_MAX_FILE_SIZE="2mb")
     yield url
     proc.terminate()
     proc.wait(20)
@@ -302,7 +283,7 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         assert [a.split(" · ")[0] for a in alts] == TITLES
         forwards = sum(float(a.split(" · ")[1].split()[0]) for a in alts) / 1000  # each title carries its forward
         # The overlays stream in model by model; the legend and the figures come with the last step.
-        page.wait_for_function(f"document.querySelectorAll('#legend .segviz-legend-item').length > 0",
+        page.wait_for_function("document.querySelectorAll('#legend .segviz-legend-item').length > 0",
                                timeout=120_000)
         legend = page.eval_on_selector_all("#legend .segviz-legend-item", "els => els.map(e => e.dataset.class)")
         assert legend == list(CAMVID.classes)

@@ -1,37 +1,16 @@
 """`python -m segviz loadtest` against a real `python app.py`, at a small size."""
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import start_app
 from segviz.loadtest import LoadResult
 from segviz.ui.compare import ready_names
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = ready_names("camvid")
-
-
-def start_app(**env_vars):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "SEGVIZ_PORT": str(port), **env_vars}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("app.py exited")
-            time.sleep(0.5)
-    return f"http://127.0.0.1:{port}/", proc
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 field (gradient heatmap). Handlers are plain functions; only ``build_tab`` touches gradio."""
 
 from .. import records
+from ..preprocess import check_pixel
 from ..receptive_field import HEADERS, erf_grid
 
 
