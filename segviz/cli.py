@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rf", help="theoretical receptive field of every layer of a model")
     r.add_argument("--model", required=True)
     r.add_argument("--size", type=_size, default=(360, 480))
-    r.add_argument("--classes", type=int, default=11)
+    r.add_argument("--classes", type=_int_at_least(1), default=11)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_rf)
 
@@ -437,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lt = sub.add_parser("loadtest", help="concurrent /compare callers against a running app: failures, latency, RSS")
     lt.add_argument("--url", default="http://127.0.0.1:7860/")
-    lt.add_argument("--clients", type=int, default=8)
-    lt.add_argument("--requests", type=int, default=20, help="per client")
+    lt.add_argument("--clients", type=_int_at_least(1), default=8)
+    lt.add_argument("--requests", type=_int_at_least(1), default=20, help="per client")
     lt.add_argument("--distinct", action="store_true", help="a different image per request (no cache hits)")
-    lt.add_argument("--pid", type=int, help="the server's pid, to report its resident memory before and after")
+    lt.add_argument("--pid", type=_int_at_least(1), help="the server's pid, to report its resident memory before and after")
     lt.add_argument("--image", help="the image to send (default: a CamVid val frame)")
     lt.add_argument("--models", help="comma-separated record names (default: every ready CamVid model)")
     lt.set_defaults(func=cmd_loadtest)

@@ -120,3 +120,18 @@ def test_models_json_fields_match_assets(capsys):
     for name in fresh:
         assert fresh[name]["params"] == saved[name]["params"], name
         assert fresh[name]["theoretical_field"] == saved[name]["theoretical_field"], name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "fcn8s_efficientnet_lite0", "--eval-every", "0"], "must be at least 1"),
+    (["train", "--model", "fcn8s_efficientnet_lite0", "--lr", "abc"], "expected a number"),
+    (["train", "--model", "fcn8s_efficientnet_lite0", "--photometric", "1.5"], "must be in [0, 1]"),
+    (["bench", "--runs", "0"], "must be at least 1"),
+    (["rf", "--model", "fcn8s_efficientnet_lite0", "--classes", "-2"], "must be at least 1"),
+    (["loadtest", "--url", "http://127.0.0.1:9/", "--clients", "0"], "must be at least 1"),
+])
+def test_every_number_is_range_checked_in_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
