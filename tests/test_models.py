@@ -102,6 +102,7 @@ def test_resnet_backbones_match_torchvision_metadata():
 
 @pytest.mark.parametrize("name, published, source", [
     ("fcn8s_vgg16", 134e6, "Long et al. 2015, Table 1: FCN-VGG16 134M parameters"),
+    ("deeplabv1_vgg16", 20.5e6, "Chen et al. 2015, Table 2: DeepLab-CRF-LargeFOV 20.5M parameters"),
     ("segnet_vgg16", 29.5e6, "Badrinarayanan et al. 2017, Table 6: SegNet 29.5M parameters"),
     ("unet_vanilla", 31.04e6, "milesial/Pytorch-UNet: the paper's U-Net, 31.04M parameters"),
     ("deeplabv3_resnet50", torchvision.models.segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
