@@ -15,6 +15,10 @@ v2: DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Co
 and Fully Connected CRFs (Chen et al., TPAMI 2017, https://arxiv.org/abs/1606.00915).
 ResNet-101 at output stride 8 and ASPP: four parallel 3x3 atrous convs with rates 6, 12,
 18, 24 straight to class scores, summed (the released ResNet-101 model's "fc1_c0..c3").
+Remaining deviations from the released ResNet-101 prototxt: torchvision's ResNet-101 (stride
+on the 3x3 conv; the released MSRA-style net strides on the first 1x1, and has frozen BN), so
+the traced receptive field differs slightly; single-scale input (the released model fuses
+three scales, 1, 0.75 and 0.5, by max: "MSC"); dilation 2 in res4 and 4 in res5 as released.
 
 v3: Rethinking Atrous Convolution for Semantic Image Segmentation (Chen et al. 2017,
 https://arxiv.org/abs/1706.05587). ASPP with batch norm: a 1x1 branch, three 3x3 atrous

@@ -5,6 +5,12 @@ Faithful: dilated ResNet (output stride 8), the pyramid pooling module (average 
 1x1, 2x2, 3x3 and 6x6 bins, a 1x1 conv to C/4 channels each with BN, bilinear upsampling,
 concatenated with the input), a 3x3 conv, and the auxiliary loss head on res4 (the paper
 weights it 0.4; segviz.train does the same).
+Remaining deviations from the released PSPNet (hszhao/PSPNet, Caffe): the faithful
+configuration is ResNet-50 (the VOC 85.4 is ResNet-101's) built by torchvision with a single
+7x7 stem, where the released ResNets have a deep stem of three 3x3 convs; the released nets
+pool the bins with fixed kernels for their 473x473 crops (kernel = stride = 60/b on a 60x60
+map, equal to adaptive pooling there) and upsample with Caffe's ``Interp``
+(align_corners=True), ours adaptive pooling at any size and align_corners=False.
 Compact: EfficientNet-Lite0 at output stride 16 (8 would triple the backbone's cost on a
 CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits on the
 stride-16 level.
