@@ -91,3 +91,60 @@ def test_a_backend_that_disagrees_is_never_chosen():
     assert backends.fastest(measured) == "torch"
     measured["torch-channels-last"] = {"ms": 50.0, "agreement": 1.0}
     assert backends.fastest(measured) == "torch-channels-last"
+
+
+def _traced(fn, example):
+    """``fn`` as torch.jit.trace records it (the path the ONNX and OpenVINO exporters take)."""
+    class Wrap(torch.nn.Module):
+        def forward(self, x):
+            return fn(x)
+    return torch.jit.trace(Wrap(), example)
+
+
+def test_exportable_adaptive_pool_equals_torchs():
+    from segviz.models.pspnet import adaptive_avg_pool
+
+    for bins in (1, 2, 3, 6):
+        traced = _traced(lambda x: adaptive_avg_pool(x, bins), torch.randn(1, 4, 32, 32))
+        for size in [(67, 93), (13, 7), (6, 6), (120, 160)]:  # odd, non-divisible and smaller-than-bins sizes
+            x = torch.randn(2, 4, *size)
+            torch.testing.assert_close(traced(x), torch.nn.functional.adaptive_avg_pool2d(x, bins), atol=1e-6, rtol=0)
+
+
+def test_exportable_unpool_equals_torchs():
+    from segviz.models.segnet import max_unpool
+
+    def pool_unpool(x):
+        y, idx = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
+        return max_unpool(y, idx, x.shape[-2:])
+    traced = _traced(pool_unpool, torch.randn(1, 3, 32, 32))
+    for size in [(67, 93), (32, 48)]:
+        x = torch.randn(2, 3, *size)
+        y, idx = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
+        assert torch.equal(traced(x), torch.nn.functional.max_unpool2d(y, idx, 2, 2, output_size=size))
+
+
+@pytest.mark.parametrize("name", ["pspnet_efficientnet_lite0", "segnet_efficientnet_lite0"])
+def test_every_backend_computes_torchs_logits(name):
+    """Export (ONNX, OpenVINO) must not change what the model computes, at more than one size."""
+    from segviz.registry import build
+
+    torch.manual_seed(0)
+    model = build(name, num_classes=11).eval()
+    with torch.no_grad():  # random BN statistics, so the logits have a scale worth comparing
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    available = [b for b in backends.BACKENDS if not backends.missing(b)]
+    assert {"openvino", "onnxruntime"} <= set(available) or len(available) >= 2
+    runners = {b: backends.make(model, b) for b in available}
+    for size in [(96, 128), (120, 160)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            ref = model(x)["out"]
+        assert ref.std() > 1e-3
+        for b, runner in runners.items():
+            out = runner.fn(x)
+            assert out.shape == ref.shape, (b, size)
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=f"{name} on {b} at {size}")

@@ -102,6 +102,7 @@ def test_resnet_backbones_match_torchvision_metadata():
 
 @pytest.mark.parametrize("name, published, source", [
     ("fcn8s_vgg16", 134e6, "Long et al. 2015, Table 1: FCN-VGG16 134M parameters"),
+    ("deeplabv1_vgg16", 20.5e6, "Chen et al. 2015, Table 2: DeepLab-CRF-LargeFOV 20.5M parameters"),
     ("segnet_vgg16", 29.5e6, "Badrinarayanan et al. 2017, Table 6: SegNet 29.5M parameters"),
     ("unet_vanilla", 31.04e6, "milesial/Pytorch-UNet: the paper's U-Net, 31.04M parameters"),
     ("deeplabv3_resnet50", torchvision.models.segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
@@ -164,3 +165,35 @@ def test_output_stride_is_real():
         for name in ("efficientnet_lite0", "vgg16", "resnet50"):
             feats = build_backbone(name, output_stride=os_).eval()(torch.zeros(1, 3, 64, 64))
             assert feats[-1].shape[-1] == 64 // os_, (name, os_)
+
+
+def test_compact_segnet_keeps_the_pretrained_encoder_and_unpools_at_its_maxima():
+    """The compact SegNet's encoder is EfficientNet-Lite0 unchanged (strided), and each decoder
+    level below stride 32 starts from a sparse map whose non-zeros sit where the features entering
+    that stride peaked in their 2x2 window (SegNet's index unpooling, nothing learned)."""
+    import torch.nn.functional as F
+
+    from segviz.backbones import build_backbone
+
+    torch.manual_seed(0)
+    model = build("segnet_efficientnet_lite0", num_classes=5).eval()
+    plain = build_backbone("efficientnet_lite0")
+    plain.load_state_dict(model.backbone.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        levels = plain.eval()(x)  # the model takes normalised input, as the runners give it
+    assert [tuple(f.shape[-2:]) for f in levels] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    seen = {}
+    hooks = [model.decoder[i].register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0])) for i in range(4)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
+    for i in range(4):
+        sparse, feat = seen[i], levels[i]
+        assert sparse.shape == feat.shape
+        window_max = F.interpolate(F.max_pool2d(feat, 2, 2), scale_factor=2, mode="nearest")
+        nonzero = sparse != 0
+        assert nonzero.float().mean() <= 0.25 + 1e-6  # at most one value per 2x2 window
+        assert nonzero.any() and bool((feat[nonzero] == window_max[nonzero]).all())

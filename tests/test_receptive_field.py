@@ -78,3 +78,23 @@ def test_every_compact_model_traces(name):
 
     layers, outs = trace(build(name, num_classes=3), (64, 96))
     assert len(layers) > 50 and outs["out"][0].size > 100
+
+
+def test_deeplab_largefov_field_is_the_released_networks():
+    # DeepLab-LargeFOV's released train.prototxt (DeepLab v1), by hand with r <- r + (k_eff - 1) * j:
+    # conv1_1, conv1_2 (3x3): 3, 5; pool1 3x3/2 pad 1: 7, j 2
+    # conv2_1, conv2_2: 11, 15; pool2 3x3/2: 19, j 4
+    # conv3_1..3: 27, 35, 43; pool3 3x3/2: 51, j 8
+    # conv4_1..3: 67, 83, 99; pool4 3x3/1: 115
+    # conv5_1..3 (dilation 2, k_eff 5): 147, 179, 211; pool5 3x3/1: 227; pool5a (avg) 3x3/1: 243
+    # fc6 (3x3, dilation 12, k_eff 25): 243 + 24 * 8 = 435; fc7, fc8 (1x1): 435, jump 8.
+    # Feature map at 360x480: 181x241 after pool1, 91x121 after pool2, 46x61 from pool3 on.
+    from segviz.registry import build
+
+    layers, _ = trace(build("deeplabv1_vgg16", num_classes=21), (360, 480))
+    by_name = {l.name: l for l in layers}
+    pools = [l for l in layers if l.kind in ("MaxPool2d", "AvgPool2d")]
+    assert [l.field[0].size for l in pools] == [7, 19, 51, 115, 227, 243]
+    assert [l.shape[-2:] for l in pools] == [(181, 241), (91, 121)] + [(46, 61)] * 4
+    fc8 = by_name["fc8"]
+    assert (fc8.field[0].size, fc8.field[1].size, fc8.field[0].jump) == (435, 435, 8)

@@ -105,19 +105,6 @@ class EfficientNetLite0(Backbone):
             conv.stride, conv.dilation = (step, step), (d, d)
             conv.padding = (d * (conv.kernel_size[0] // 2),) * 2
 
-    def remove_strides(self) -> None:
-        """Make the four strided depthwise convs stride 1 (SegNet max-pools before them instead);
-        the stem keeps its stride."""
-        for i in self.down_blocks:
-            self.blocks[i].depthwise[0].stride = (1, 1)
-
-    def pooling_stages(self) -> list[nn.Module]:
-        """The network cut before each strided block (for SegNet): stem + block 0, blocks 1-2,
-        3-4, 5-10, 11-15, at strides 2, 4, 8, 16, 32 once pools sit between them."""
-        bounds = [0, *self.down_blocks, len(self.blocks)]
-        stages = [self.blocks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        return [nn.Sequential(self.stem, *stages[0])] + stages[1:]
-
     def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         feats = []

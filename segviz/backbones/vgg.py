@@ -3,8 +3,9 @@ levels that end at its five max-pools (strides 2..32, widths 64, 128, 256, 512, 
 
 FCN, SegNet, the Dilation front-end and DeepLab v1 all start from this network. For output
 stride 8/16 the later pools are removed and the following convs dilated, as the Dilation
-paper's front-end does (DeepLab v1 keeps 3x3 stride-1 pools there instead; the receptive
-field differs by a few pixels, the idea is the same).
+paper's front-end does. DeepLab v1 pools differently (:meth:`VGG16.use_deeplab_pools`: its
+released nets use 3x3 pad-1 max-pools, stride 2 for pool1-3 and stride 1 for pool4/pool5),
+which changes the receptive field by far more than a few pixels.
 """
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ class VGG16(Backbone):
                 rate *= 2
             elif isinstance(stage[-1], nn.Identity):
                 stage[-1] = nn.MaxPool2d(2, 2, ceil_mode=True)
+
+    def use_deeplab_pools(self) -> None:
+        """DeepLab-LargeFOV's released pooling (``train.prototxt`` of DeepLab v1): pool1-3 are 3x3
+        stride-2 pad-1 max-pools, pool4 and pool5 3x3 stride-1 pad-1 max-pools (output stride 8;
+        conv5 dilated 2 as ``set_output_stride(8)`` leaves it). Caffe rounds pool sizes up, so
+        ``ceil_mode`` keeps Caffe's output sizes. No parameters change."""
+        if self.output_stride != 8:
+            raise ValueError("DeepLab's pools need output_stride 8")
+        for level, stage in enumerate(self.stages):
+            stage[-1] = nn.MaxPool2d(3, 2 if level < 3 else 1, padding=1, ceil_mode=True)
 
     def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []

@@ -1,14 +1,24 @@
 """The DeepLab family.
 
 v1 "LargeFOV": Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected
-CRFs (Chen et al., ICLR 2015, https://arxiv.org/abs/1412.7062). VGG16 at output stride 8
-(pool4/pool5 strides removed, conv5 dilated 2) and fc6 as a 3x3 atrous conv of rate 12
-with 1024 channels, fc7 1x1, fc8 classifier; bilinear upsampling; dense CRF afterwards.
+CRFs (Chen et al., ICLR 2015, https://arxiv.org/abs/1412.7062). As the released
+DeepLab-LargeFOV ``train.prototxt``: VGG16 with 3x3 pad-1 max-pools (stride 2 for pool1-3,
+stride 1 for pool4 and pool5), conv5 dilated 2, a 3x3 stride-1 pad-1 average pool (pool5a),
+fc6 a 3x3 atrous conv of rate 12 with 1024 channels, fc7 1x1 (1024), fc8 classifier
+(20.5M parameters with 21 classes, the paper's Table 2); bilinear upsampling of the stride-8
+scores; dense CRF afterwards. Remaining deviations: the released net is trained against
+labels subsampled by 8 (we upsample the scores to the labels instead), its fc6/fc7 are
+initialised from subsampled ImageNet fc6/fc7 weights (ours from scratch), and torchvision's
+VGG16 replaces the Caffe VGG16 (same layers, different ImageNet weights and RGB input).
 
 v2: DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution,
 and Fully Connected CRFs (Chen et al., TPAMI 2017, https://arxiv.org/abs/1606.00915).
 ResNet-101 at output stride 8 and ASPP: four parallel 3x3 atrous convs with rates 6, 12,
 18, 24 straight to class scores, summed (the released ResNet-101 model's "fc1_c0..c3").
+Remaining deviations from the released ResNet-101 prototxt: torchvision's ResNet-101 (stride
+on the 3x3 conv; the released MSRA-style net strides on the first 1x1, and has frozen BN), so
+the traced receptive field differs slightly; single-scale input (the released model fuses
+three scales, 1, 0.75 and 0.5, by max: "MSC"); dilation 2 in res4 and 4 in res5 as released.
 
 v3: Rethinking Atrous Convolution for Semantic Image Segmentation (Chen et al. 2017,
 https://arxiv.org/abs/1706.05587). ASPP with batch norm: a 1x1 branch, three 3x3 atrous
@@ -43,6 +53,7 @@ class DeepLabV1Config:
     separable: bool = False  # fc6 as a depthwise-separable atrous conv (the compact form)
     rate: int = 12  # fc6's dilation: the "large field of view"
     output_stride: int = 8
+    released_pools: bool = False  # DeepLab-LargeFOV's 3x3 pools + pool5a (VGG16 only)
 
     def branches(self) -> list[Branch]:
         return [Branch(f"fc6 rate {self.rate}", self.rate, self.output_stride)]
@@ -53,6 +64,10 @@ class DeepLabV1(SegmentationModel):
         super().__init__(backbone)
         self.config = config
         cin, width, r = backbone.channels[4], config.width, config.rate
+        if config.released_pools:
+            backbone.use_deeplab_pools()
+        # pool5a: the released net's 3x3 average pool before fc6 (Caffe counts the padding, as PyTorch does).
+        self.pool5a = nn.AvgPool2d(3, 1, padding=1) if config.released_pools else nn.Identity()
         if config.separable:
             self.fc6 = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=r, dilation=r, groups=cin, bias=False),
                                      nn.BatchNorm2d(cin), nn.ReLU(True), nn.Conv2d(cin, width, 1, bias=False),
@@ -63,7 +78,7 @@ class DeepLabV1(SegmentationModel):
         self.fc8 = nn.Conv2d(width, num_classes, 1)
 
     def decode(self, feats, size):
-        return self.fc8(self.fc7(self.fc6(feats[4])))  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
+        return self.fc8(self.fc7(self.fc6(self.pool5a(feats[4]))))  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ class DeepLabV2(SegmentationModel):
         return self.aspp(feats[4])  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
 
 
-V1_CONFIGS = {"vgg16": DeepLabV1Config(), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True)}
+V1_CONFIGS = {"vgg16": DeepLabV1Config(released_pools=True), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True)}
 V2_CONFIGS = {"resnet101": DeepLabV2Config(), "efficientnet_lite0": DeepLabV2Config()}
 
 

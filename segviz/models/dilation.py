@@ -6,8 +6,13 @@ dilated 2 (conv5) and 4 (fc6, 7x7), giving output stride 8; the basic context mo
 works on the C class maps: seven 3x3 convs with dilations 1, 1, 2, 4, 8, 16, 1 (ReLU after
 each) and a 1x1 conv, all identity-initialised so that it starts as a pass-through
 (paper, section 3). Output is upsampled bilinearly.
-Deviations: front-end and context module are trained together rather than in two stages;
-no reflection padding of the input. Compact: EfficientNet-Lite0 at output stride 8 (its
+Deviations from the released ``dilation8`` nets (fyu/dilation): front-end and context module
+are trained together rather than in two stages; the released nets use unpadded convs on an
+input reflection-padded by 186 px, ours padded convs (same field sizes, different borders);
+the released final upsampling is a fixed bilinear 16x16 deconvolution, ours bilinear
+interpolation (the same operation up to the border); the released VOC model's context module
+is, as far as we know, the basic one implemented here (the paper also reports a "large"
+variant with wider layers, not implemented). Compact: EfficientNet-Lite0 at output stride 8 (its
 last two strides dilated 2 and 4) with a 1x1 "fc" layer of 256 channels instead of fc6/fc7.
 """
 from __future__ import annotations

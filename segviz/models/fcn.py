@@ -6,9 +6,14 @@ loadable from ImageNet weights), upsampling is a learned transposed convolution
 initialised to bilinear interpolation, and FCN-16s/8s add 1x1 score layers on pool4
 (stride 16) and pool3 (stride 8), zero-initialised, summed with the 2x-upsampled coarser
 scores, and cropped to size (the paper's crop layers).
-Deviations: no 100-pixel input padding (fc6 pads by 3 instead, so sizes line up without
-offsets), the three variants are trained from ImageNet directly rather than each
-fine-tuned from the coarser one. Compact: EfficientNet-Lite0, whose 1x1 "head" conv to
+Deviations from the released nets (``voc-fcn{32,16,8}s`` of fcn.berkeleyvision.org): no
+100-pixel padding on conv1_1 with an unpadded fc6 and offset crops (fc6 pads by 3 instead,
+so sizes line up without offsets); this moves where each unit's field is centred, not its
+size (fc7 404 px, 436 px after the 32x upsampling, as the released FCN-32s). The released
+nets keep the final upsampling deconvolution fixed at bilinear (``lr_mult: 0``); ours learns
+it from the bilinear init, as the paper describes. The three variants are trained from
+ImageNet directly rather than each fine-tuned from the coarser one, and torchvision's VGG16
+replaces the Caffe one (same layers, different ImageNet weights). Compact: EfficientNet-Lite0, whose 1x1 "head" conv to
 1280 channels (the layer before its ImageNet classifier) plays fc6/fc7, with skips from the
 stride-16 (112 ch) and stride-8 (40 ch) levels.
 """

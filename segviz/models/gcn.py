@@ -7,7 +7,9 @@ branch, no nonlinearity, straight to class scores; a boundary-refinement (BR) re
 block (x + conv3x3(ReLU(conv3x3(x)))) after each; coarse scores are upsampled by learned
 deconvolutions, added to the finer level and refined again; two final deconv + BR steps
 bring the scores to full resolution (paper, Figure 2). No dilation anywhere.
-Deviations: the paper's backbone is ResNet-152; ResNet-101 here. Compact: EfficientNet-Lite0.
+Deviations: the paper's backbone is ResNet-152; ResNet-101 here (torchvision's, stride on
+the 3x3 conv). The authors released no network definition, so this follows the paper's
+Figure 2 and text only. Compact: EfficientNet-Lite0.
 """
 from __future__ import annotations
 

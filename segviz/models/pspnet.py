@@ -5,6 +5,12 @@ Faithful: dilated ResNet (output stride 8), the pyramid pooling module (average 
 1x1, 2x2, 3x3 and 6x6 bins, a 1x1 conv to C/4 channels each with BN, bilinear upsampling,
 concatenated with the input), a 3x3 conv, and the auxiliary loss head on res4 (the paper
 weights it 0.4; segviz.train does the same).
+Remaining deviations from the released PSPNet (hszhao/PSPNet, Caffe): the faithful
+configuration is ResNet-50 (the VOC 85.4 is ResNet-101's) built by torchvision with a single
+7x7 stem, where the released ResNets have a deep stem of three 3x3 convs; the released nets
+pool the bins with fixed kernels for their 473x473 crops (kernel = stride = 60/b on a 60x60
+map, equal to adaptive pooling there) and upsample with Caffe's ``Interp``
+(align_corners=True), ours adaptive pooling at any size and align_corners=False.
 Compact: EfficientNet-Lite0 at output stride 16 (8 would triple the backbone's cost on a
 CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits on the
 stride-16 level.
@@ -35,12 +41,39 @@ class PSPNetConfig:
         return [Branch(f"{b}x{b} bins", 0, self.output_stride, bins=b) for b in self.bins]
 
 
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, bins)``. When traced for export (ONNX, OpenVINO), where the
+    ONNX exporter cannot take adaptive pooling at a dynamic size, the same bins are computed
+    with PyTorch's index arithmetic: bin ``i`` of ``n`` averages rows ``floor(i*H/n)`` to
+    ``ceil((i+1)*H/n)`` (exclusive), rows first then columns (a rectangle's mean is the mean
+    of its row means)."""
+    if not torch.jit.is_tracing():
+        return F.adaptive_avg_pool2d(x, bins)
+    for dim in (2, 3):
+        n = x.shape[dim]
+        x = torch.cat([x.narrow(dim, (i * n) // bins, ((i + 1) * n + bins - 1) // bins - (i * n) // bins)
+                       .mean(dim, keepdim=True) for i in range(bins)], dim)
+    return x
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` that exports (see :func:`adaptive_avg_pool`); no parameters, so
+    the state dict keys are those of ``nn.AdaptiveAvgPool2d``."""
+
+    def __init__(self, bins: int):
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x):
+        return adaptive_avg_pool(x, self.bins)
+
+
 class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, bins=(1, 2, 3, 6)):
         super().__init__()
         self.bins = tuple(bins)
         inter = in_channels // len(bins)
-        self.stages = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(in_channels, inter, 1)) for b in bins)
+        self.stages = nn.ModuleList(nn.Sequential(AdaptiveAvgPool(b), conv_bn_relu(in_channels, inter, 1)) for b in bins)
         self.out_channels = in_channels + inter * len(bins)
 
     def forward(self, x):

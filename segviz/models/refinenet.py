@@ -7,7 +7,10 @@ residual conv units (RCU: ReLU-conv3x3-ReLU-conv3x3 + identity) on every input p
 summed), chained residual pooling (5x5 stride-1 max-pools followed by 3x3 convs, each
 result added back) and an output RCU. Widths 512 (RefineNet-4) and 256 on ResNet-101;
 two RCUs and a 1x1 classifier at stride 4, then bilinear upsampling.
-Deviations: 2 pooling blocks in CRP (the paper's first version; its released code uses 4).
+Deviations: 2 pooling blocks in CRP (the paper's first version; its released code uses 4);
+torchvision's ResNet-101 (stride on the 3x3 conv) instead of the released MatConvNet
+ResNet-101 (stride on the first 1x1, as the original MSRA model), which changes the traced
+receptive field slightly; single-scale inference (the released evaluation averages scales).
 Compact: EfficientNet-Lite0 with widths 96/64/48/32 from stride 32 to 4 and one final RCU.
 """
 from __future__ import annotations

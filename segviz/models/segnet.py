@@ -1,16 +1,32 @@
 """SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image Segmentation
 (Badrinarayanan, Kendall & Cipolla, TPAMI 2017, https://arxiv.org/abs/1511.00561).
 
-Faithful: the encoder max-pools with ``return_indices=True``; the decoder upsamples with
-``MaxUnpool2d`` using those indices (no learned upsampling), each unpooling followed by
-convolutions that densify the sparse map, mirroring the encoder (VGG16-BN: 13 + 13 convs,
-29.4M parameters as the paper's table gives).
-Compact adaptation: EfficientNet-Lite0 downsamples with strided depthwise convs, not pools,
-so the strides of its four strided blocks are removed and a 2x2 max-pool with indices sits
-before each of them instead (stem + block 0 | pool | 1-2 | pool | 3-4 | pool | 5-10 | pool |
-11-15); the stem keeps its stride, so the decoder ends at stride 2 and the scores are
-upsampled bilinearly for the last factor of 2. Each decoder level is two 3x3 conv-BN-ReLU,
-the first after the unpooling, as in the paper.
+Faithful (VGG16): the encoder max-pools with ``return_indices=True``; the decoder upsamples
+with those indices (no learned upsampling), each unpooling followed by convolutions that
+densify the sparse map, mirroring the encoder (VGG16-BN: 13 + 13 convs, 29.4M parameters as
+the paper's table gives).
+Remaining deviations from the released SegNet (``segnet_train.prototxt`` of SegNet-Tutorial):
+max-pools use ``ceil_mode`` (Caffe's rounding) and unpooling is a scatter into the pre-pool
+size, both as Caffe does; the released net trains with median-frequency class weights (so
+does ``segviz.train``); our decoder convs drop the bias before their BN (redundant there).
+
+Compact (EfficientNet-Lite0), redesigned so that the ImageNet encoder computes exactly what
+it was trained to: the four strided depthwise convs keep their strides and weights, and the
+max-pool indices come from a *parallel* 2x2 max-pool (stride 2, ceil mode) of the features
+entering each strided block (levels at strides 2, 4, 8, 16; 16, 24, 40, 112 channels). The
+pooled values are discarded; only the argmax positions are kept. The decoder mirrors the
+encoder levels: at each stride two 3x3 conv-BN-ReLU, the last narrowing to the width of the
+level below, then an unpooling through that level's indices (a sparse map of that width,
+twice as large), which the next level's convs densify. Differences from the paper, precisely:
+(1) the indices mark the maxima of the features *before* a strided conv, not of the features
+the encoder actually downsampled (the encoder downsamples by strided convs, which have no
+argmax), so the unpooled values land where the pre-stride features peaked; (2) the decoder
+starts with two convs at stride 32 before the first unpooling (in the paper the first decoder
+step is an unpooling), because the indices of the deepest level (stride 16 -> 32) have the
+stride-16 width, which the stride-32 features reach through those convs; (3) the stem's
+stride-2 conv has no pool beside it (its input is the 3-channel image), so the decoder ends at
+stride 2 and the scores are upsampled bilinearly for the last factor of 2; (4) two convs per
+decoder level instead of VGG16's 2-2-3-3-3. Nothing is learned for upsampling, as in the paper.
 """
 from __future__ import annotations
 
@@ -18,6 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone
@@ -25,22 +42,37 @@ from ..layers import SegmentationModel, conv_bn_relu
 from ..registry import ModelSpec, register
 
 
+def max_unpool(x: torch.Tensor, indices: torch.Tensor, size) -> torch.Tensor:
+    """``F.max_unpool2d(x, indices, 2, output_size=size)``. When traced for export (ONNX,
+    OpenVINO), where max_unpool2d's Python checks on the traced sizes fail, the same result is
+    computed as a scatter: each value goes to the flat position its index names in a zero map."""
+    if not torch.jit.is_tracing():
+        return F.max_unpool2d(x, indices, 2, 2, output_size=size)
+    n, c = x.shape[0], x.shape[1]
+    h, w = size[0], size[1]
+    out = x.new_zeros((n, c, h * w))
+    return out.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, h, w)
+
+
 @dataclass(frozen=True)
 class SegNetConfig:
     pooled: tuple[bool, ...] = (True,) * 5  # is stage i followed by a pool (whose indices the decoder reuses)?
     convs_per_level: tuple[int, ...] = (2, 2, 3, 3, 3)  # decoder convs per level, mirroring VGG16's encoder
     batch_norm_backbone: bool = True  # SegNet's encoder is VGG16-BN
+    # False: the encoder's own max-pools give the indices (VGG16). True: the backbone keeps its strided
+    # convs and a parallel 2x2 max-pool of each strided block's input gives them (EfficientNet-Lite0).
+    parallel_pools: bool = False
 
 
 class SegNet(SegmentationModel):
     def __init__(self, backbone: nn.Module, num_classes: int, config: SegNetConfig):
         super().__init__(backbone)
-        backbone.remove_strides()
         self.config = config
         self.pooled = list(config.pooled)
+        if not config.parallel_pools:
+            backbone.remove_strides()
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2, 2)
-        c = backbone.channels  # the width of each pooling stage
+        c = backbone.channels  # the width of each level
         self.decoder = nn.ModuleList()
         for level, n in enumerate(config.convs_per_level):
             cout = c[level - 1] if level > 0 else c[0]
@@ -49,12 +81,18 @@ class SegNet(SegmentationModel):
             self.decoder.append(nn.Sequential(*convs))
 
     def pool_levels(self) -> list[int]:
-        """The encoder stages whose max-pool indices the decoder reuses."""
+        """The levels whose max-pool indices the decoder reuses."""
         return [i for i, p in enumerate(self.pooled) if p]
 
     def features(self, x: torch.Tensor):
         """The encoder, keeping each pool's indices and input size for the decoder."""
         indices, sizes = {}, {}
+        if self.config.parallel_pools:
+            levels = self.backbone(x)  # unchanged strided encoder: strides 2, 4, 8, 16, 32
+            for i in self.pool_levels():
+                sizes[i] = levels[i].shape[-2:]
+                _, indices[i] = self.pool(levels[i])  # argmax of each 2x2 window entering the next strided block
+            return levels[-1], indices, sizes
         for i, stage in enumerate(self.backbone.pooling_stages()):
             x = stage(x)
             if self.pooled[i]:
@@ -64,17 +102,23 @@ class SegNet(SegmentationModel):
 
     def decode(self, feats, size):
         x, indices, sizes = feats
+        if self.config.parallel_pools:
+            for level in reversed(range(len(self.decoder))):
+                x = self.decoder[level](x)  # densify, then narrow to level - 1's width
+                if level - 1 in indices:
+                    x = max_unpool(x, indices[level - 1], sizes[level - 1])  # sparse, 2x larger
+            return x  # (N, num_classes, H/2, W/2), upsampled by the base forward
         for level in reversed(range(len(self.decoder))):
             if level in indices:
-                x = self.unpool(x, indices[level], output_size=sizes[level])  # sparse, 2x larger
+                x = max_unpool(x, indices[level], sizes[level])  # sparse, 2x larger
             x = self.decoder[level](x)  # densify
-        return x  # (N, num_classes, H, W), or H/2 x W/2 for the compact form (upsampled by the base forward)
+        return x  # (N, num_classes, H, W)
 
 
-# Compact: EfficientNet-Lite0's stem keeps its stride, so four pools and two convs per decoder level.
+# Compact: parallel pools beside the four strided blocks (the stem has none), two convs per decoder level.
 CONFIGS = {"vgg16": SegNetConfig(),
            "efficientnet_lite0": SegNetConfig(pooled=(True, True, True, True, False), convs_per_level=(2,) * 5,
-                                              batch_norm_backbone=False)}
+                                              batch_norm_backbone=False, parallel_pools=True)}
 
 
 def build_segnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,

@@ -4,8 +4,11 @@ Brox, MICCAI 2015, https://arxiv.org/abs/1505.04597): the encoder-decoder exampl
 Faithful (``unet_vanilla``): the paper's own contracting path (two 3x3 convs + ReLU per
 level, 64 to 1024 channels, 2x2 max-pools) and expansive path (2x2 up-convolution halving
 the channels, concatenation with the cropped encoder map, two 3x3 convs), 1x1 classifier.
-Deviation: the convs are padded, so the output has the input's size and no cropping is
-needed (the paper uses unpadded convs and overlap-tile inference).
+Deviations from the released Caffe model (u-net-release): the convs are padded, so the
+output has the input's size and no cropping is needed (the released net uses unpadded
+convs, a 572x572 tile giving 388x388 scores, and overlap-tile inference); no drop-out at the
+end of the contracting path (the paper and release have it); no weighted loss map for
+touching borders (a cell-segmentation device, irrelevant to street scenes).
 Compact: the EfficientNet-Lite0 levels (strides 2..32) are the contracting path; each
 decoder level is a 2x2 up-convolution, concatenation, and two 3x3 conv-BN-ReLU; the
 decoder stops at stride 2 and the scores are upsampled bilinearly.
