@@ -10,10 +10,8 @@ from segviz.weights import MANIFEST, WeightsError, read_manifest, sha256_file
 BUNDLED = sorted(read_manifest())
 
 
-NOT_TRAINED_YET = {"fcn16s_efficientnet_lite0"}
-# Architectures changed since their bundled weights were trained: the weights still load (same
-# state-dict shapes) but no longer compute what was measured.
-RETRAINING = {"segnet_efficientnet_lite0.camvid": "segnet_efficientnet_lite0: redesigned, retraining pending"}
+# SegNet's compact form was redesigned: its old weights (which would still load, same shapes) were removed.
+NOT_TRAINED_YET = {"fcn16s_efficientnet_lite0", "segnet_efficientnet_lite0"}
 
 
 def test_every_compact_architecture_has_bundled_weights():
@@ -33,8 +31,7 @@ def test_manifest_matches_files(name):
     assert entry["val_miou"] >= 35, "a bundled model must have been trained well past chance (11 classes)"
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.skip(reason=RETRAINING[n])) if n in RETRAINING
-                                  else n for n in BUNDLED])
+@pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_model_keeps_its_measured_quality(name, camvid_root):
     from segviz.bundle import val_subset
     from segviz.evaluate import evaluate
