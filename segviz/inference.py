@@ -43,7 +43,8 @@ def _load_model(name: str, weights: str | None, device: str | None, manifest: st
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:
             raise WeightsError(f"{weights} is not a readable safetensors file ({e})") from None
-        model = load_safetensors(registry.build(spec.name, num_classes=int(meta.get("num_classes", 11))), weights)
+        model = load_safetensors(registry.build(spec.name, num_classes=int(meta.get("num_classes", 11))), weights,
+                                 check="warn")
     dev = torch.device(device) if device else default_device()
     return model.to(dev, memory_format=torch.channels_last).eval()
 

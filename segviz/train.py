@@ -207,12 +207,13 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "runs", resume: bool = False,
           device: str | None = None, max_steps: int | None = None, limit: int | None = None,
-          progress: bool = True, workers: int | None = None) -> TrainResult:
+          progress: bool = True, workers: int | None = None, layout: str = "auto") -> TrainResult:
     """Train ``recipe.model`` on ``recipe.train_split``, selecting on ``recipe.val_split``.
 
     ``max_steps`` stops after that many optimizer steps in all (the position inside the epoch is
     checkpointed, so ``resume`` continues exactly there); ``limit`` uses only the first images of
-    each split (smoke runs, tests)."""
+    each split (smoke runs, tests). ``layout``: "auto" (measure on the CPU), "contiguous" or
+    "channels_last" (runs that must match bit for bit need the same one)."""
     rank, world = _dist_info()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if world > 1:
@@ -264,6 +265,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     fmt = torch.contiguous_format
     if resumed_layout is not None:  # the layout the run started with: the same arithmetic, step for step
         fmt = torch.channels_last if resumed_layout else torch.contiguous_format
+    elif layout != "auto":
+        fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[layout]
     elif device.type == "cpu":
         with torch.random.fork_rng():  # the probe's dropout must not shift the run's random stream
             probe = torch.rand(recipe.batch_size, 3, *recipe.crop, device=device)

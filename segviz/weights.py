@@ -30,20 +30,49 @@ def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, metadata: 
         state[k] = v.contiguous()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta[CHECKSUM_KEY] = tensors_sha256(state)
+    save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def load_safetensors(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+CHECKSUM_KEY = "tensors_sha256"  # in the safetensors metadata: what load_safetensors checks
+
+
+def tensors_sha256(state: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (a flipped byte changes it)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def load_safetensors(model: torch.nn.Module, path: str | os.PathLike, check: str = "quiet") -> torch.nn.Module:
     """Load with strict=True, casting stored float16 back to the model's dtype. A file that is not
-    safetensors, is cut short, or does not fit the model is a one-line :class:`WeightsError`."""
+    safetensors, is cut short, does not fit the model, or whose tensors differ from the checksum
+    recorded in it (files segviz writes carry one) is a one-line :class:`WeightsError`; a file
+    without a checksum is loaded, with a warning when ``check="warn"`` (a user's file)."""
     from safetensors import SafetensorError
+
+    from safetensors import safe_open
 
     try:
         state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            recorded = (f.metadata() or {}).get(CHECKSUM_KEY)
     except (SafetensorError, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"{path} is not a readable safetensors file ({first})") from None
+    if recorded is not None and tensors_sha256(state) != recorded:
+        raise WeightsError(f"{path} was modified after it was saved (its tensors no longer match the sha256 "
+                           f"recorded in the file)")
+    if recorded is None and check == "warn":
+        import warnings
+
+        warnings.warn(f"{Path(path).name} records no checksum, so its integrity was not checked "
+                      f"(files written by segviz record one)", stacklevel=2)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

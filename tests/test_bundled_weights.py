@@ -83,3 +83,29 @@ def test_invalid_manifest_is_named(private_manifest):
     with pytest.raises(WeightsError, match="manifest.json is not a valid weights manifest") as e:
         load_model(name, manifest=str(manifest))
     assert "\n" not in str(e.value)
+
+
+def test_a_flipped_data_byte_in_a_user_file_is_caught(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from segviz.cli import main
+    from segviz.registry import build
+    from segviz.weights import save_safetensors
+
+    model = build("fcn32s_efficientnet_lite0", num_classes=11)
+    path = tmp_path / "mine.safetensors"
+    save_safetensors(model, path, {"num_classes": 11})
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # a byte inside the last tensor's data, not the header
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="was modified after it was saved"):
+        load_model("fcn32s_efficientnet_lite0", weights=str(path), device="cpu")
+    # A file written without segviz's checksum loads, and says that it was not checked.
+    plain = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(plain), metadata={"num_classes": "11"})
+    with pytest.warns(UserWarning, match="records no checksum"):
+        load_model("fcn32s_efficientnet_lite0", weights=str(plain), device="cpu")
+    assert main(["eval", "--model", "fcn32s_efficientnet_lite0", "--weights", str(path), "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was modified" in err

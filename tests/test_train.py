@@ -79,11 +79,12 @@ def test_train_steps_log_and_resume(camvid_root, tmp_path):
 def test_max_steps_inside_an_epoch_resumes_at_that_step(camvid_root, tmp_path):
     """Stopping after 3 of 4 steps and resuming equals running 4 steps straight: same data, same weights."""
     recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), photometric=0.5, val_split=None, select="last")
-    straight = train(recipe, data=camvid_root, out=tmp_path / "a", limit=4, progress=False, workers=0)
-    part = train(recipe, data=camvid_root, out=tmp_path / "b", limit=4, progress=False, workers=0, max_steps=3)
+    same = dict(data=camvid_root, limit=4, progress=False, layout="contiguous")
+    straight = train(recipe, out=tmp_path / "a", workers=0, **same)
+    part = train(recipe, out=tmp_path / "b", workers=0, max_steps=3, **same)
     log = tmp_path / "b" / MODEL / "log.jsonl"
     assert part.steps == 3 and [json.loads(l)["epoch"] for l in log.read_text().split("\n") if l] == [1]
-    resumed = train(recipe, data=camvid_root, out=tmp_path / "b", limit=4, progress=False, workers=1, resume=True)
+    resumed = train(recipe, out=tmp_path / "b", workers=1, resume=True, **same)
     assert resumed.steps == 4
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
@@ -100,7 +101,7 @@ def test_sigkill_mid_epoch_then_resume_takes_the_same_steps(camvid_root, tmp_pat
 
     args = [sys.executable, "-m", "segviz", "train", "--model", MODEL, "--data", str(camvid_root), "--epochs", "1",
             "--batch-size", "2", "--size", "64x96", "--train-split", "seq:0001TP", "--val-split", "none",
-            "--checkpoint-every", "2", "--workers", "0", "--max-steps", "8"]
+            "--checkpoint-every", "2", "--workers", "0", "--max-steps", "8", "--layout", "contiguous"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(args + ["--out", str(tmp_path / "straight")], cwd=root, env=env, check=True, capture_output=True)
