@@ -36,7 +36,7 @@ def _agreement_on_real_frames(name, camvid_root):
     return out
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [MODELS[0], pytest.param(MODELS[1], marks=pytest.mark.slow)])
 def test_every_backend_agrees_with_torch_on_real_frames(name, camvid_root):
     agreement = _agreement_on_real_frames(name, camvid_root)
     assert {"torch", "torch-channels-last"} <= set(agreement)

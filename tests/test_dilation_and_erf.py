@@ -112,8 +112,11 @@ def test_declared_branches_exist_in_the_built_head(name):
     assert model.branches() == model_branches(name)
     head = [m for n, m in model.named_modules() if not n.startswith("backbone")]
     rates = {m.dilation[0] for m in head if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1}
+    from segviz.models.pspnet import AdaptiveAvgPool
+
     bins = {m.output_size if isinstance(m.output_size, int) else m.output_size[0]
             for m in head if isinstance(m, nn.AdaptiveAvgPool2d)}
+    bins |= {m.bins for m in head if isinstance(m, AdaptiveAvgPool)}  # PSPNet's exportable bins
     for b in model_branches(name):
         assert (b.bins in bins) if b.bins else (b.kernel == 1 or b.rate in rates), (name, b)
     assert model.backbone.output_stride == registry.get_spec(name).output_stride

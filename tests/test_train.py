@@ -76,6 +76,7 @@ def test_train_steps_log_and_resume(camvid_root, tmp_path):
               resume=True, limit=4, progress=False)
 
 
+@pytest.mark.slow  # the SIGKILL test below covers resuming in the default run
 def test_max_steps_inside_an_epoch_resumes_at_that_step(camvid_root, tmp_path):
     """Stopping after 3 of 4 steps and resuming equals running 4 steps straight: same data, same weights."""
     recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), photometric=0.5, val_split=None, select="last")

@@ -57,7 +57,8 @@ def test_port_agrees_with_the_tflite_interpreter(file):
     """Our port is a third implementation of the int8 graph beside TFLite's default (XNNPACK)
     kernels and its reference kernels. Where two of TFLite's own kernel sets disagree on a share d
     of the pixels (rounding at int8 ties; d depends on the CPU's instruction set), the port may
-    disagree on up to 2d, and never on more than 1% when the kernels agree better than 99.5%."""
+    disagree on up to 2d, and never on more than 1% when the kernels agree better than 99.5%; over
+    the six images its median agreement is at least 98%."""
     from segviz.models.tflite_port import TFLiteGraph
 
     model = TFLiteGraph(CORAL / file).eval()
@@ -70,7 +71,7 @@ def test_port_agrees_with_the_tflite_interpreter(file):
         kernels = (reference(img) == theirs).mean()
         report[name] = (round(ours, 4), round(kernels, 4))
         assert 1 - ours <= max(0.01, 2 * (1 - kernels)), report
-    assert sum(ours >= 0.99 for ours, _ in report.values()) >= 5, report
+    assert np.median([ours for ours, _ in report.values()]) >= 0.98, report
 
 
 @needs_coral
