@@ -99,3 +99,21 @@ def test_wrapper_equals_raw_pydensecrf():
 
     result = bench_crf(size=(48, 64), labels=4, iterations=2, runs=1)
     assert result["max_abs_difference"] <= 1e-6 and result["segviz_dense_crf_ms"] > 0
+
+
+def test_several_models_crf_in_worker_processes_equal_the_direct_call(camvid_root):
+    import numpy as np
+    from PIL import Image
+
+    from segviz import compare as engine
+    from segviz.crf import AVAILABLE, CRFParams, dense_crf
+
+    if not AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    image = np.asarray(Image.open(camvid_root / "val" / "0016E5_07971.png").convert("RGB"))
+    names = ["fcn8s_efficientnet_lite0.camvid", "fcn32s_efficientnet_lite0.camvid"]
+    params = CRFParams(iterations=2, scale=0.5)
+    c = engine.compare(image, names, crf_params=params)  # two CRFs: the process pool
+    for name in names:
+        direct = dense_crf(engine.predict_one(name, image, keep_probs=True).probs, image, params).argmax(0)
+        assert np.array_equal(c.refined[name], direct), name
