@@ -6,6 +6,7 @@ working size; rejects corrupt, tiny and decompression-bomb images with one-line 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -154,17 +155,22 @@ def prepare_mask(source, size: tuple[int, int], num_classes: int, ignore_index: 
 
 
 # --------------------------------------------------------------------------- clicked pixels
+def whole_number(value, what: str) -> int:
+    """An integer given as int or integral float (sliders send floats); anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(float(value)) or float(value) != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def check_pixel(pixel) -> tuple[int, int]:
     """A (y, x) pair of whole numbers, or a one-line ValueError."""
+    what = f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}; each coordinate"
     try:
         y, x = pixel
     except (TypeError, ValueError):
         raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}") from None
-    for v in (y, x):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
-                not np.isfinite(v) or float(v) != int(v):
-            raise ValueError(f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}")
-    return int(y), int(x)
+    return whole_number(y, what), whole_number(x, what)
 
 
 def scale_pixel(pixel, original_size, working_size) -> tuple[int, int]:

@@ -36,6 +36,7 @@ class Dataset:
     name: str  # "camvid", "voc": the suffix of record names
     title: str  # what the UI shows
     labels: LabelSet
+    short: str = ""  # the model-set choice in the UI
     published: dict = field(default_factory=dict)  # arch -> published test mIoU on this dataset (text)
 
 

@@ -333,14 +333,15 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
         last = step == total
         if rank == 0:
             final = ema.module if ema is not None else model
+            scores = {"miou": float("nan")}  # no validation this epoch
             if val_set is not None and ((epoch + 1) % recipe.eval_every == 0 or last):
-                result = evaluate(final, val_set, device, progress=progress)
-                record.update(val_miou=round(result["miou"], 2), val_pixel_acc=round(result["pixel_acc"], 2))
-                if recipe.select == "best" and result["miou"] > best["miou"]:
-                    best = {**result, "epoch": epoch + 1}
+                scores = evaluate(final, val_set, device, progress=progress)
+                record.update(val_miou=round(scores["miou"], 2), val_pixel_acc=round(scores["pixel_acc"], 2))
+                if recipe.select == "best" and scores["miou"] > best["miou"]:
+                    best = {**scores, "epoch": epoch + 1}
                     save_safetensors(final, out / "best.safetensors", {"model": recipe.model, "epoch": str(epoch + 1)})
             if recipe.select == "last" and last:
-                best = {**(result if "val_miou" in record else {"miou": float("nan")}), "epoch": epoch + 1}
+                best = {**scores, "epoch": epoch + 1}
                 save_safetensors(final, out / "best.safetensors", {"model": recipe.model, "epoch": str(epoch + 1)})
             record["seconds"] = round(time.time() - t0, 1)
             checkpoint()

@@ -26,7 +26,7 @@ from ..records import Dataset
 from .palettes import CAMVID
 
 # 11-class mIoU on the 233-frame CamVid test split, as the papers (or their journal versions) report it.
-DATASET = Dataset("camvid", "CamVid street scenes (11 classes), trained here", CAMVID, published={
+DATASET = Dataset("camvid", "CamVid street scenes (11 classes), trained here", CAMVID, "CamVid", published={
     "segnet": "46.4 (55.6 journal)", "fcn8s": "57.0", "deeplabv1": "61.6 (LargeFOV)", "dilation8": "65.3"})
 
 SHARED_ROOT = SHARED_DIR / "datasets" / "camvid"

@@ -22,7 +22,8 @@ from ..records import Dataset, Record
 from ..weights import WEIGHTS_DIR, WeightsError, download, sha256_file
 from .palettes import VOC
 
-DATASET = Dataset("voc", "PASCAL VOC (21 classes): Coral's DeepLab v3 ports and torchvision's models", VOC)
+DATASET = Dataset("voc", "PASCAL VOC (21 classes): Coral's DeepLab v3 ports and torchvision's models", VOC,
+                  "PASCAL VOC")
 
 CORAL_URL = "https://raw.githubusercontent.com/google-coral/test_data/master/"
 SHARED_CORAL = SHARED_DIR / "models" / "coral"

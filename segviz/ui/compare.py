@@ -16,7 +16,7 @@ import numpy as np
 from .. import viz
 from .. import records
 from ..compare import Comparison, compare, comparison_card, crf_views, load, metrics_table, overlays, resolve
-from ..preprocess import prepare_image, prepare_mask
+from ..preprocess import prepare_image, prepare_mask, whole_number
 
 
 @dataclass
@@ -52,7 +52,7 @@ def ready_names(dataset: str) -> list[str]:
 
 
 def dataset_choices() -> list[tuple[str, str]]:
-    return [(d.title.split(":")[0].split(" (")[0], name) for name, d in records.datasets().items()]
+    return [(d.short, name) for name, d in records.datasets().items()]
 
 
 def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
@@ -72,15 +72,6 @@ def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=
 # the CRF's working scale x iterations x models); larger requests run at a lower working scale.
 CRF_BUDGET = int(float(os.environ.get("SEGVIZ_CRF_BUDGET", "20e6")))
 MIN_CRF_SCALE = 0.25
-
-
-def whole_number(value, what: str) -> int:
-    """An integer given as int or integral float (sliders send floats); anything else is refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if not math.isfinite(float(value)) or float(value) != int(value):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    return int(value)
 
 
 def crf_within_budget(crf, size: tuple[int, int], models: int, budget: int | None = None):
