@@ -78,6 +78,16 @@ def missing(backend: str) -> str | None:
     return None
 
 
+def missing_note() -> str | None:
+    """One line for the app and the CLI when a faster CPU backend cannot run here, else None."""
+    why = [missing(name) for name in ("openvino", "onnxruntime")]
+    why = [w for w in why if w]
+    if not why:
+        return None
+    return ("; ".join(why) + ": the models run on PyTorch alone, which on some CPUs is several times slower "
+            "(`pip install -r requirements.txt` adds them)")
+
+
 @dataclass
 class Runner:
     """A model ready to run: ``runner(x)`` takes normalised (N, 3, H, W) floats and returns

@@ -442,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--clients", type=_int_at_least(1), default=8)
     lt.add_argument("--requests", type=_int_at_least(1), default=20, help="per client")
     lt.add_argument("--distinct", action="store_true", help="a different image per request (no cache hits)")
-    lt.add_argument("--pid", type=_int_at_least(1), help="the server's pid, to report its resident memory before and after")
+    lt.add_argument("--pid", type=_int_at_least(1),
+                    help="the server's pid, to report its resident memory after the warm-up and after the load")
+    lt.add_argument("--warm-up", type=_int_at_least(0), default=1, help="requests sent first, not counted (default 1)")
     lt.add_argument("--image", help="the image to send (default: a CamVid val frame)")
     lt.add_argument("--models", help="comma-separated record names (default: every ready CamVid model)")
     lt.set_defaults(func=cmd_loadtest)
@@ -453,7 +455,8 @@ def cmd_loadtest(args) -> int:
     from . import loadtest
 
     models = [m for m in args.models.split(",") if m] if args.models else None
-    result = loadtest.run(args.url, args.clients, args.requests, args.distinct, args.pid, args.image, models)
+    result = loadtest.run(args.url, args.clients, args.requests, args.distinct, args.pid, args.image, models,
+                          warm_up=args.warm_up)
     print(result.summary())
     return 1 if result.failures else 0
 

@@ -2,7 +2,8 @@
 
 ``python -m segviz loadtest --url URL --clients 8 --requests 20 [--distinct] [--pid PID]`` prints
 the failures (with their first line), the p50/p95 latency of the successful requests and, given
-the server's pid on this machine, its resident memory before and after.
+the server's pid on this machine, its resident memory after a warm-up (``--warm-up N`` requests
+from one client first, not counted) and after the load, with their ratio.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class LoadResult:
         lines = [f"requests {self.requests}, failures {len(self.failures)}",
                  "latency p50 " + (f"{p50:.2f} s, p95 {p95:.2f} s" if p50 is not None else "n/a")]
         if self.rss_before_mb is not None:
-            lines.append(f"server RSS {self.rss_before_mb:.0f} MB before, {self.rss_after_mb:.0f} MB after")
+            lines.append(f"server RSS {self.rss_before_mb:.0f} MB after warm-up, {self.rss_after_mb:.0f} MB after "
+                         f"({self.rss_after_mb / self.rss_before_mb:.2f}x)")
         counts: dict[str, int] = {}
         for f in self.failures:
             counts[f] = counts.get(f, 0) + 1
@@ -76,20 +78,25 @@ def _variant(image: str, n: int, folder: str) -> str:
 
 
 def run(url: str, clients: int = 8, requests: int = 20, distinct: bool = False, pid: int | None = None,
-        image: str | None = None, models: list[str] | None = None) -> LoadResult:
+        image: str | None = None, models: list[str] | None = None, warm_up: int = 1) -> LoadResult:
     from gradio_client import Client, handle_file
 
-    if clients < 1 or requests < 1:
-        raise ValueError("--clients and --requests must be at least 1")
+    if clients < 1 or requests < 1 or warm_up < 0:
+        raise ValueError("--clients and --requests must be at least 1, --warm-up at least 0")
     image = image or default_image()
     if models is None:
         from .ui.compare import ready_names
 
         models = ready_names("camvid")
     result = LoadResult(clients * requests)
-    result.rss_before_mb = rss_mb(pid) if pid else None
     lock = threading.Lock()
     folder = tempfile.mkdtemp(prefix="segviz-load-")
+    if warm_up:  # models loaded, backends chosen, caches in use: the memory the load is compared with
+        client = Client(url, verbose=False)
+        for i in range(warm_up):
+            path = _variant(image, clients * requests + i, folder) if distinct else image
+            client.predict(handle_file(path), models, 0.6, None, api_name="/compare")
+    result.rss_before_mb = rss_mb(pid) if pid else None
     start = threading.Barrier(clients)
 
     def caller(k: int):

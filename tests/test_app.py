@@ -440,3 +440,18 @@ def test_api_refuses_fractional_crf_iterations(server, frame):
     with pytest.raises(Exception, match="CRF iterations must be a whole number, got 5.7"):
         client.predict(handle_file(frame[0]), READY[:1], 0.6, None, True, 5.7, 3, 3, 80, 13, 10, 0.5,
                        api_name="/compare")
+
+
+@needs_weights
+def test_dilation_taps_through_the_api_are_new_pngs_at_the_frames_size(server, frame):
+    """The Dilation tab hands over its picture as a new file per call, like the other tabs."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    first, legend = client.predict(handle_file(frame[0]), "deeplabv3_efficientnet_lite0", api_name="/dilation_taps")
+    second, _ = client.predict(handle_file(frame[0]), "deeplabv3_efficientnet_lite0", api_name="/dilation_taps")
+    assert "ASPP rate 12 (every 192 px)" in legend and "image pooling (bins)" in legend
+    assert Path(first).name != Path(second).name
+    for path in (first, second):
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (480, 360)

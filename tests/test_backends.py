@@ -148,3 +148,14 @@ def test_every_backend_computes_torchs_logits(name):
             out = runner.fn(x)
             assert out.shape == ref.shape, (b, size)
             torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=f"{name} on {b} at {size}")
+
+
+def test_the_app_says_once_when_a_faster_backend_is_missing(monkeypatch):
+    from segviz.ui import device_line
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backends.missing_note() is None and "Note:" not in device_line()  # both installed (requirements.txt)
+    monkeypatch.setattr(backends, "versions", lambda: {"torch": torch.__version__, "openvino": None, "onnxruntime": None})
+    note = backends.missing_note()
+    assert "openvino is not installed" in note and "onnxruntime is not installed" in note
+    assert device_line().count("Note:") == 1 and "PyTorch alone" in device_line()

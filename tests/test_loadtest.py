@@ -29,14 +29,16 @@ def test_loadtest_cli_two_clients_two_requests_no_failures(app_server):
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "requests 4, failures 0" in out.stdout
-    assert "latency p50" in out.stdout and "server RSS" in out.stdout
+    assert "latency p50" in out.stdout and "MB after warm-up" in out.stdout
 
 
 def test_summary_counts_failures_and_percentiles():
-    r = LoadResult(4, latencies=[1.0, 2.0, 3.0], failures=["AppError: queue is full"])
+    r = LoadResult(4, latencies=[1.0, 2.0, 3.0], failures=["AppError: queue is full"], rss_before_mb=1000,
+                   rss_after_mb=1100)
     assert r.percentile(50) == 2.0 and r.percentile(95) == 3.0
     text = r.summary()
     assert "requests 4, failures 1" in text and "1 x AppError: queue is full" in text
+    assert "1000 MB after warm-up, 1100 MB after (1.10x)" in text
 
 
 @pytest.mark.slow
@@ -47,7 +49,7 @@ def test_a_full_queue_answers_with_the_queue_message():
 
     url, proc = start_app(SEGVIZ_QUEUE="1")
     try:
-        r = loadtest.run(url, clients=6, requests=1, distinct=True, models=READY)
+        r = loadtest.run(url, clients=6, requests=1, distinct=True, models=READY, warm_up=0)
     finally:
         proc.terminate()
         proc.wait(20)

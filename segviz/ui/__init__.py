@@ -16,7 +16,11 @@ KEEP_OUTPUTS_S = int(os.environ.get("SEGVIZ_KEEP_OUTPUTS", "3600"))  # our PNGs 
 def device_line() -> str:
     if torch.cuda.is_available():
         return f"Models run on **CUDA** ({torch.cuda.get_device_name(0)})."
-    return f"Models run on the **CPU** ({torch.get_num_threads()} threads); a CUDA GPU is used when present."
+    from ..backends import missing_note
+
+    note = missing_note()
+    return (f"Models run on the **CPU** ({torch.get_num_threads()} threads); a CUDA GPU is used when present."
+            + (f" Note: {note}." if note else ""))
 
 
 @contextlib.contextmanager

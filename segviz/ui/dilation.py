@@ -3,8 +3,7 @@ ASPP / context / pyramid branches drawn on the image. Handlers are plain functio
 
 from .. import viz
 from ..dilation import holes, model_branches, stacked_coverage
-from ..preprocess import prepare_image
-from ..preprocess import scale_pixel
+from ..preprocess import prepare_image, scale_pixel
 
 
 def parse_rates(text: str) -> list[int]:
@@ -32,7 +31,7 @@ def branch_taps(image, pixel, name: str):
 
 
 def build_tab(gr, user_error):
-    from . import upload_image
+    from . import png_file, upload_image
 
     from .. import registry
     from .compare import example_images
@@ -70,7 +69,8 @@ def build_tab(gr, user_error):
 
         def on_taps(image, pixel, model):
             with user_error():
-                return branch_taps(image, tuple(pixel), model)
+                taps, legend = branch_taps(image, tuple(pixel), model)
+                return png_file(taps), legend
 
         def on_select(evt: gr.SelectData):
             x, y = evt.index
