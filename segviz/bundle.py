@@ -22,12 +22,26 @@ def val_subset(data=None) -> CamVid:
     return ds
 
 
-def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike = MANIFEST,
+def heldout_scores(run_dir: str | os.PathLike) -> dict:
+    """The sequence-held-out validation of a run (``--holdout SEQ``): its selected epoch's scores and,
+    since that epoch was chosen on these very frames and so flatters a little, the last epoch's."""
+    run_dir = Path(run_dir)
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    if not str(recipe.get("val_split", "")).startswith("seq:"):
+        raise ValueError(f"{run_dir} validated on {recipe.get('val_split')!r}, not on a held-out sequence (seq:SEQ)")
+    scored = [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if "val_miou" in r]
+    return {"split": recipe["val_split"], "miou": round(recipe["best"]["miou"], 2), "epoch": recipe["best"]["epoch"],
+            "last_miou": scored[-1]["val_miou"], "last_epoch": scored[-1]["epoch"],
+            "per_class_iou": recipe["best"]["per_class_iou"],
+            "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
+
+
+def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike | None = None,
            heldout: dict | None = None) -> dict:
     """Bundle the run in ``run_dir`` (a CamVid run of registry model ``name``) as record
     ``<name>.camvid``. ``heldout``: the sequence-held-out validation of the same recipe
     (``{"split": "seq:0006R0", "miou": ..., ...}``), recorded beside the val numbers."""
-    run_dir, manifest = Path(run_dir), Path(manifest)
+    run_dir, manifest = Path(run_dir), Path(manifest or MANIFEST)
     record = f"{name}.camvid"
     recipe = json.loads((run_dir / "recipe.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().split("\n") if line.strip()]

@@ -207,15 +207,10 @@ def cmd_weights(args) -> int:
         print(f"{args.model}: {path}")
         return 0
     if args.action == "bundle":
-        from .bundle import bundle
+        from .bundle import bundle, heldout_scores
 
         args.model = args.model_opt or args.model
-        heldout = None
-        if args.heldout_run:
-            held = json.loads((Path(args.heldout_run) / "recipe.json").read_text())
-            heldout = {"split": held["val_split"], "miou": round(held["best"]["miou"], 2), "epoch": held["best"]["epoch"],
-                       "per_class_iou": held["best"]["per_class_iou"],
-                       "recipe": {k: v for k, v in held.items() if k not in ("best", "arch")}}
+        heldout = heldout_scores(args.heldout_run) if args.heldout_run else None
         entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout)
         print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...")
         return 0

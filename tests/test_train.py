@@ -160,3 +160,35 @@ def test_two_gloo_processes_end_with_the_same_weights(camvid_root, tmp_path):
 
     fresh = build(MODEL, num_classes=11, backbone_weights="imagenet").state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].is_floating_point()), "training changed nothing"
+
+
+@pytest.mark.slow
+def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path):
+    """`weights bundle --heldout-run`: the manifest entry carries the held-out split, the selected
+    and the last epoch's scores, and the file it names loads with the sha256 it records."""
+    from segviz.bundle import bundle, heldout_scores
+    from segviz.weights import sha256_file
+
+    recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), eval_every=1,
+                    train_split="noseq:0006R0", val_split="seq:0006R0")
+    train(recipe, data=camvid_root, out=tmp_path / "runs", limit=4, progress=False, workers=0)
+    run = tmp_path / "runs" / MODEL
+    held = heldout_scores(run)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert held["split"] == "seq:0006R0" and held["last_epoch"] == 2 and held["last_miou"] == log[-1]["val_miou"]
+    assert held["miou"] == round(max(r["val_miou"] for r in log), 2) and set(held["per_class_iou"]) >= {"Sky", "Road"}
+    manifest = tmp_path / "weights" / "manifest.json"
+    manifest.parent.mkdir()
+    entry = bundle(MODEL, run, data=camvid_root, manifest=manifest, heldout=held)
+    assert entry["train_split"] == "noseq:0006R0" and entry["heldout"] == held
+    assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]["sha256"] == sha256_file(
+        manifest.parent / entry["file"])
+    with pytest.raises(ValueError, match="not on a held-out sequence"):
+        heldout_scores(_run_with_val_split(tmp_path, "val"))
+
+
+def _run_with_val_split(tmp_path, split):
+    run = tmp_path / "other"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps({"val_split": split}))
+    return run
