@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import registry
-from .data.camvid import CamVid
+from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
 from .weights import MANIFEST, load_safetensors, save_safetensors, sha256_file
 
@@ -34,6 +34,12 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
             "last_miou": scored[-1]["val_miou"], "last_epoch": scored[-1]["epoch"],
             "per_class_iou": recipe["best"]["per_class_iou"],
             "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
+
+
+def _trained_on(data, train_split: str, split: str) -> bool:
+    root = default_root(data)
+    names = {image.name for image, _ in resolve_split(root, train_split)}
+    return bool(names & {image.name for image, _ in resolve_split(root, split)})
 
 
 def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike | None = None,
@@ -63,6 +69,8 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
         "model": name, "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
         "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": recipe.get("train_split", "train"),
         "eval_split": "val",
+        # a run trained on val's frames (trainval, noseq:SEQ) has a val score that measures nothing
+        "val_trained_on": _trained_on(data, recipe.get("train_split", "train"), "val"),
         "val_miou": round(half["miou"], 2), "val_miou_float32": round(full["miou"], 2),
         "val_pixel_acc": round(half["pixel_acc"], 2), "val_class_acc": round(half["class_acc"], 2),
         "per_class_iou": half["per_class_iou"],

@@ -227,7 +227,7 @@ def cmd_weights(args) -> int:
                 state, bad = f"BAD: {e}", bad + 1
         elif state is None:
             state = "on this machine"
-        score = f"val mIoU {r.metrics['val_miou']:6.2f}" if "val_miou" in r.metrics else " " * 15
+        score = f"val mIoU {r.val_miou:>14}" if r.val_miou else " " * 23
         print(f"{r.name:40} {score}  {state}")
     return 1 if bad else 0
 
@@ -284,7 +284,8 @@ def cmd_report(args) -> int:
         e, spec = r.metrics, r.spec
         held = e.get("heldout")
         held = f"{held['miou']:.2f} ({held['split'].split(':')[1]})" if held else "-"
-        print(f"| {r.name} | {held} | {e['val_miou']:.2f} | {e['val_pixel_acc']:.1f} | {e['val_class_acc']:.1f} | "
+        accuracy = "- | -" if e.get("val_trained_on") else f"{e['val_pixel_acc']:.1f} | {e['val_class_acc']:.1f}"
+        print(f"| {r.name} | {held} | {r.val_miou} | {accuracy} | "
               f"{e['num_params'] / 1e6:.2f}M | {e['recipe']['epochs']} | {e['train_seconds'] / 60:.0f} min | "
               f"{r.dataset.published.get(spec.arch, '-')} | {spec.voc12_miou or '-'} |")
     bench_file = PROJECT_ROOT / "assets" / "bench.json"

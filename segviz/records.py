@@ -71,6 +71,14 @@ class Record:
 
         return registry.get_spec(self.network) if self.trained_here else None
 
+    @property
+    def val_miou(self) -> str:
+        """The val mIoU as the tables show it: blank when not measured, flagged when the model was
+        trained on val's own frames (trainval, noseq:SEQ), where it measures nothing."""
+        if "val_miou" not in self.metrics:
+            return ""
+        return "trained on val" if self.metrics.get("val_trained_on") else f"{self.metrics['val_miou']:.2f}"
+
     def missing(self) -> str | None:
         """None when the weights are on this machine; otherwise one line saying how to get them."""
         return self.missing_fn()

@@ -59,7 +59,11 @@ def test_report_prints_the_bundled_models(capsys):
     code, out, _ = run(capsys, "report")
     assert code == 0
     for name, entry in read_manifest().items():
-        assert f"| {name} |" in out and f"| {entry['val_miou']:.2f} |" in out
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        val = "trained on val" if entry.get("val_trained_on") else f"{entry['val_miou']:.2f}"
+        assert f"| {val} |" in row
+        if "heldout" in entry:
+            assert f"| {entry['heldout']['miou']:.2f} ({entry['heldout']['split'][4:]}) |" in row
 
 
 def test_bad_size_is_refused(capsys):

@@ -180,7 +180,7 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path):
     manifest = tmp_path / "weights" / "manifest.json"
     manifest.parent.mkdir()
     entry = bundle(MODEL, run, data=camvid_root, manifest=manifest, heldout=held)
-    assert entry["train_split"] == "noseq:0006R0" and entry["heldout"] == held
+    assert entry["train_split"] == "noseq:0006R0" and entry["heldout"] == held and entry["val_trained_on"]
     assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]["sha256"] == sha256_file(
         manifest.parent / entry["file"])
     with pytest.raises(ValueError, match="not on a held-out sequence"):

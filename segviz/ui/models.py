@@ -60,7 +60,7 @@ def model_rows() -> list[list]:
                      (spec.voc12_miou or "") if spec else "",
                      round(m["num_params"] / 1e6, 2) if "num_params" in m else "",
                      spec.output_stride if spec else "", _field(info),
-                     m.get("val_miou", ""), f"{held['miou']} ({held['split']})" if held else "",
+                     r.val_miou, f"{held['miou']} ({held['split']})" if held else "",
                      latency.get(r.network, "")])
     for s in registry.list_models():
         if s.name in trained:
