@@ -10,16 +10,12 @@ from segviz.weights import MANIFEST, WeightsError, read_manifest, sha256_file
 BUNDLED = sorted(read_manifest())
 
 
-# SegNet's compact form was redesigned: its old weights (which would still load, same shapes) were removed.
-NOT_TRAINED_YET = {"segnet_efficientnet_lite0"}
-
-
 def test_every_compact_architecture_has_bundled_weights():
     from segviz.registry import list_models
 
     trained = {e["model"] for e in read_manifest().values()}
     compact = {s.name for s in list_models(compact=True)}
-    assert compact - trained == NOT_TRAINED_YET  # keep the list honest both ways
+    assert not compact - trained, f"compact architectures without bundled weights: {sorted(compact - trained)}"
     assert all(name == f"{e['model']}.{e['dataset']}" for name, e in read_manifest().items())
 
 
