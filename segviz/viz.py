@@ -215,7 +215,7 @@ def field_depth_figure(curves: dict, image_size: tuple[int, int]):
     ax.set_ylim(1, top * 1.5)
     ax.set_xlabel("depth (convolutions and pools, in execution order)")
     ax.set_ylabel("largest theoretical field so far (px)")
-    ax.set_title("How each architecture grows its receptive field")
+    ax.set_title("How each architecture grows its receptive field", loc="right")
     handles = [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="black", label=lab)
                for m, lab in DEPTH_MARKERS.values()]
     first = ax.legend(handles=handles, loc="lower right", fontsize=8, title="marks", title_fontsize=8)

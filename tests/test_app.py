@@ -309,20 +309,24 @@ def test_api_is_stateless_any_set_from_a_fresh_client(server, frame):
     assert len(out[0]) == 2 and "Bicyclist" in out[1]
 
 
-@pytest.mark.browser
-@needs_weights
-def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
+def _chromium(p):
     if not Path("/usr/bin/chromium").exists():
         if os.environ.get("CI"):
             pytest.fail("chromium must be installed in CI (apt-get install chromium)")
         pytest.skip("chromium is not installed")
+    return p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                             args=["--no-sandbox", "--disable-background-networking",
+                                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
+
+
+@pytest.mark.browser
+@needs_weights
+def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking",
-                                          "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser = _chromium(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.goto(server)
         page.wait_for_selector("#run")
         assert "CPU" in page.inner_text("#header") or "CUDA" in page.inner_text("#header")
@@ -355,13 +359,59 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         seen = {tuple(c) for c in swatches.reshape(-1, 3)}
         colours = {name: tuple(c) for name, c in zip(CAMVID.classes, CAMVID.colors)}
         assert len(shown) >= 5 and all(colours[n] in seen for n in shown), [n for n in shown if colours[n] not in seen]
+        # Every overlay is in the 1440x1000 window at once, and the gallery does not scroll inside.
+        page.evaluate("window.scrollTo(0, 0)")
+        bottoms = page.eval_on_selector_all("#overlays .thumbnail-item", "els => els.map(e => e.getBoundingClientRect().bottom)")
+        assert len(bottoms) == len(READY) and max(bottoms) <= 1000, bottoms
+        assert page.evaluate("(() => { const g = document.querySelector('#overlays .grid-wrap');"
+                             " return g.scrollHeight <= g.clientHeight + 1; })()")
         shot = Path(os.environ.get("SEGVIZ_SCREENSHOT", tmp_path / "compare.png"))
         page.screenshot(path=str(shot), full_page=True)
+        # A click on the probed overlay (the first) lists each model's class at that pixel: road, low in the middle.
+        box = page.locator("#probe img").bounding_box()
+        page.locator("#probe img").click(position={"x": box["width"] / 2, "y": box["height"] * 0.95})
+        page.wait_for_function(f"document.querySelector('#readout').innerText.includes({TITLES[-1]!r})", timeout=60_000)
+        readout = page.inner_text("#readout")
+        assert all(t in readout for t in TITLES) and readout.count("Road") >= len(READY) - 1, readout
+        # A run that fails leaves nothing of the last one on screen.
+        page.eval_on_selector_all("#architectures input[type=checkbox]:checked", "els => els.forEach(e => e.click())")
+        page.click("#run")
+        page.wait_for_selector("text=select at least one model", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#overlays .thumbnail-item img').length == 0 && "
+                               "document.querySelectorAll('#legend .segviz-legend-item').length == 0", timeout=60_000)
         browser.close()
     full = np.asarray(Image.open(shot).convert("RGB"))
-    assert full.shape[1] == 1400 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
+    assert full.shape[1] == 1440 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
     print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models, whose forwards took {forwards:.1f} s "
           f"({seconds / forwards:.2f}x)")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_weights
+def test_browser_receptive_field_tiles_and_depth_plot(server, camvid_root, tmp_path):
+    """Uncropped tiles (the whole 480x360 frame, with its colour bar) and the field-against-depth plot."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _chromium(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(server)
+        page.get_by_role("tab", name="Receptive field").click()
+        page.set_input_files("#rf-image input[type=file]", str(camvid_root / "val" / "0016E5_08151.png"))
+        page.wait_for_selector("#rf-image img")
+        page.click("#rf-run")
+        page.wait_for_function("document.querySelectorAll('#rf-grid .thumbnail-item img').length > 0 && "
+                               "document.querySelector('#rf-depth img')", timeout=600_000)
+        page.eval_on_selector_all("img", "els => els.forEach(e => { e.loading = 'eager'; })")
+        page.wait_for_function("[...document.querySelectorAll('#rf-grid img, #rf-depth img')]"
+                               ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
+        fits = page.eval_on_selector_all("#rf-grid .thumbnail-item img",
+                                         "els => els.map(e => [getComputedStyle(e).objectFit, e.naturalWidth, e.naturalHeight])")
+        assert all(fit == "contain" and w > 480 and h == 360 for fit, w, h in fits), fits
+        shot = Path(os.environ.get("SEGVIZ_RF_SCREENSHOT", tmp_path / "receptive_field.png"))
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
 
 
 @needs_weights

@@ -103,9 +103,9 @@ def test_deeplab_largefov_field_is_the_released_networks():
 def test_tracing_on_the_meta_device_gives_the_real_fields():
     from segviz.registry import build
 
-    real = trace(build("deeplabv2_efficientnet_lite0", num_classes=3), (64, 96))
-    with torch.device("meta"):
-        meta = trace(build("deeplabv2_efficientnet_lite0", num_classes=3), (64, 96))
+    model = build("deeplabv2_efficientnet_lite0", num_classes=3)
+    real = trace(model, (64, 96))
+    meta = trace(model.to("meta"), (64, 96))
     assert [l.field for l in real[0]] == [l.field for l in meta[0]] and real[1] == meta[1]
 
 

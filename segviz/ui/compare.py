@@ -1,9 +1,9 @@
 """Compare tab: every selected architecture on one image, side by side.
 
 The handlers are plain functions (file paths / numpy in, numpy / figures / text out); only
-``build_tab`` touches gradio.
+``build_tab`` touches gradio. (No ``from __future__ import annotations`` here: Gradio reads the handlers'
+``gr.SelectData`` annotations at run time.)
 """
-from __future__ import annotations
 
 import dataclasses
 import math
@@ -242,9 +242,10 @@ def build_tab(gr, user_error):
                 crf_controls = crf_panel(gr)
             with gr.Column(scale=2):
                 notes = gr.Markdown(elem_id="notes")
-                # Four columns: eleven overlays fit a 1440x1000 window without scrolling.
+                # Four columns, 620 px high: eleven 360x480 overlays fit a 1440x1000 window without an inner scroll
+                # (an automatic height caps the gallery at 55% of the window).
                 gallery = gr.Gallery(label="Predictions (select one to read its pixels below)", columns=4,
-                                     height="auto", object_fit="contain", format="png", elem_id="overlays")
+                                     height=620, object_fit="contain", format="png", elem_id="overlays")
                 legend = gr.HTML(elem_id="legend")
                 with gr.Tab("Pixel classes"):
                     with gr.Row():
@@ -274,10 +275,12 @@ def build_tab(gr, user_error):
 
         outputs = [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics, crf_model,
                    crf_slider, crf_changed, probe, readout, card]
-        # What a new run starts from: nothing of the last one stays on screen (nor after an error).
-        cleared = [None, [], "", "", None, None, None, [], gr.Dataframe(value=[], headers=["model"]),
-                   gr.Dropdown(choices=[], value=None), None, [], None, gr.Dataframe(value=[], headers=["model", "class"]),
-                   None]
+
+        def cleared():
+            """What a new run starts from: nothing of the last one stays on screen (nor after an error)."""
+            return [None, [], "", "", None, None, None, [], gr.Dataframe(value=[], headers=["model"]),
+                    gr.Dropdown(choices=[], value=None), None, [], None,
+                    gr.Dataframe(value=[], headers=["model", "class"]), None]
 
         def shown(r):
             """The outputs of a finished comparison (``run_compare``'s result)."""
@@ -295,7 +298,7 @@ def build_tab(gr, user_error):
         def on_run(image, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
             """A generator: each overlay appears as its model finishes, then everything else at once
             (API clients get the final outputs only)."""
-            yield cleared
+            yield cleared()
             with user_error():
                 crf = crf_settings(use_crf, *crf_values)
                 if not names:
