@@ -373,6 +373,11 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         page.wait_for_function(f"document.querySelector('#readout').innerText.includes({TITLES[-1]!r})", timeout=60_000)
         readout = page.inner_text("#readout")
         assert all(t in readout for t in TITLES) and readout.count("Road") >= len(READY) - 1, readout
+        # A ground truth uploaded after the run is scored at once, from the cached predictions.
+        page.set_input_files("#ground-truth input[type=file]", str(camvid_root / "valannot" / "0016E5_08151.png"))
+        page.get_by_role("tab", name="Ground truth").click()
+        page.wait_for_function(f"document.querySelectorAll('#errors .thumbnail-item').length == {len(READY)}",
+                               timeout=120_000)
         # A run that fails leaves nothing of the last one on screen.
         page.eval_on_selector_all("#architectures input[type=checkbox]:checked", "els => els.forEach(e => e.click())")
         page.click("#run")

@@ -267,7 +267,8 @@ def build_tab(gr, user_error):
                     crf_changed = gr.Gallery(label="Pixels the CRF changed (magenta)", columns=3, height="auto",
                                              format="png")
                 with gr.Tab("Ground truth"):
-                    errors = gr.Gallery(label="Errors: green right, red wrong, grey ignored", columns=3, height="auto", format="png")
+                    errors = gr.Gallery(label="Errors: green right, red wrong, grey ignored", columns=3, height="auto",
+                                        format="png", elem_id="errors")
                     metrics = gr.Dataframe(label="Per-image scores (%)", interactive=False)
                 with gr.Row():
                     export = gr.Button("Export comparison card")
