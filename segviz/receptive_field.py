@@ -264,7 +264,7 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
     ``class_index`` -- with respect to the input, |grad| summed over channels, normalised
     to a maximum of 1. With ``samples`` > 0 the input is replaced by that many random
     images (one batch, one backward pass) and the maps summed: the image-independent version.
-    The input follows the memory layout of the model's weights. Returns (map (H, W), class).
+    Returns (map (H, W), class).
     """
     import numpy as np
 
@@ -280,14 +280,10 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
         raw = torch.cat([torch.rand(1, 3, h, w, generator=g) for _ in range(samples)])
     else:
         raw = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)
-    # The memory layout of the model's convolution weights (a 1x1 or depthwise kernel fits both: skipped).
-    layout = next((torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-                   for p in model.parameters() if p.dim() == 4 and
-                   p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last)), torch.contiguous_format)
     was_training = model.training
     model.eval()
     try:
-        inp = model.normalize(raw.to(device)).contiguous(memory_format=layout).requires_grad_(True)
+        inp = model.normalize(raw.to(device)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
         with torch.enable_grad():
             logits = model(inp)["out"]
             if class_index is None:  # each input's own predicted class at the pixel
@@ -332,16 +328,16 @@ def traceable(name: str) -> nn.Module:
     device (no weights, no arithmetic: fields depend on the graph only); a foreign one is loaded."""
     from . import registry
 
-    key = records_network(name)
+    key = registry_key(name)
     if key is None:
         from .compare import load
 
         return load(name)
     with torch.device("meta"):
-        return registry.build(key, num_classes=11)
+        return registry.build(key, num_classes=11)  # the number of classes does not change the field
 
 
-def records_network(name: str) -> str | None:
+def registry_key(name: str) -> str | None:
     """The registry key behind ``name`` (a registry key or a record name), or None for a foreign network."""
     from . import records, registry
 

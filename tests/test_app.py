@@ -531,7 +531,8 @@ def test_a_tampered_bundled_file_costs_only_that_model(frame, tmp_path, monkeypa
 
 
 @needs_weights
-def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
+def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path, monkeypatch):
+    import segviz.receptive_field
     from segviz.receptive_field import erf_grid
 
     small = tmp_path / "small.png"
@@ -542,6 +543,10 @@ def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
     import re
 
     assert re.fullmatch(r"\d+ x \d+ px \(\d+\.\dx the image's height, \d+\.\dx its width\)", rows[0][2]), rows[0][2]
+    # The same grid again is made from the cache: no gradient is taken.
+    monkeypatch.setattr(segviz.receptive_field, "effective_field", lambda *a, **k: pytest.fail("recomputed"))
+    again, rows_again, _ = erf_grid(str(small), None, READY[:1])
+    assert np.array_equal(again[0][0], tiles[0][0]) and rows_again == rows
     with pytest.raises(ValueError, match="outside the 96x64 image"):
         erf_grid(str(small), (180, 240), READY[:1])
 
