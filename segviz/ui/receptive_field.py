@@ -22,9 +22,9 @@ def depth_figure(image, names: list[str], faithful: list[str]):
     titles = {n: records.get(n).short for n in names or [] if records.get(n).trained_here}  # foreign ports: skipped
     titles.update({n: f"{registry.get_spec(n).short} ({registry.get_spec(n).backbone})" for n in faithful or []})
     if not titles:
-        raise ValueError("select at least one model or paper-faithful configuration")
-    curves = {title: field_by_depth(n, size) for n, title in titles.items()}
-    return viz.field_depth_figure({t: pts for t, pts in curves.items() if len(pts) > 1}, size)
+        raise ValueError("select at least one CamVid model or paper-faithful configuration for the plot "
+                         "(the ported VOC networks are not traced layer by layer)")
+    return viz.field_depth_figure({title: field_by_depth(n, size) for n, title in titles.items()}, size)
 
 
 def build_tab(gr, user_error):
@@ -88,6 +88,6 @@ def build_tab(gr, user_error):
         image.upload(lambda: (None, "Pixel: the centre (click the image to choose one)"), None, [pixel, where],
                      api_name=False)
         run.click(on_run, [image, pixel, names, cls, random], [grid, table], api_name="receptive_field",
-                  concurrency_limit=1).then(on_depth, [image, names, faithful], depth, api_name="field_depth")
+                  concurrency_limit=1).success(on_depth, [image, names, faithful], depth, api_name="field_depth")
         model_set.change(on_model_set, model_set, [names, cls], api_name=False)
     return on_model_set, model_set, [names, cls]
