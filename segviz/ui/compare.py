@@ -338,7 +338,8 @@ def build_tab(gr, user_error):
             """A selected overlay becomes the one whose pixels are read."""
             if view is None:
                 return None
-            return png_file(overlays(view.comparison, view.alpha)[evt.index][0])
+            c = view.comparison
+            return png_file(viz.overlay(c.image, c.shown()[evt.index], c.labels, view.alpha))
 
         def on_probe(view, evt: gr.SelectData):
             if view is None:
