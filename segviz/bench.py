@@ -130,18 +130,21 @@ def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int 
 
 
 def bench_erf(image, pixel=(180, 240), model_set: str = "camvid", runs: int = 3) -> dict:
-    """Time the Receptive field tab's work for every ready model at one pixel: the first call
-    (loads models, traces the theoretical fields) and the median of warm calls (gradients only)."""
+    """Time the Receptive field tab's work for every ready model: the first call (loads models, traces the
+    theoretical fields), the median of warm calls at a new pixel each (the gradients), and the median of
+    calls at the first pixel again (tiles already made)."""
     from .receptive_field import erf_grid
 
     names = [r.name for r in records.records(model_set) if r.missing() is None]
-    t = time.perf_counter()
-    erf_grid(image, pixel, names)
-    first = time.perf_counter() - t
-    warm = []
-    for _ in range(runs):
+
+    def timed(at):
         t = time.perf_counter()
-        erf_grid(image, pixel, names)
-        warm.append(time.perf_counter() - t)
+        erf_grid(image, at, names)
+        return time.perf_counter() - t
+
+    first = timed(pixel)
+    warm = [timed((pixel[0] + 5 * k, pixel[1] - 7 * k)) for k in range(1, runs + 1)]
+    again = [timed(pixel) for _ in range(runs)]
     return {"models": names, "pixel": list(pixel), "threads": torch.get_num_threads(),
-            "first_call_s": round(first, 2), "warm_median_s": round(statistics.median(warm), 2)}
+            "first_call_s": round(first, 2), "warm_median_s": round(statistics.median(warm), 2),
+            "same_pixel_again_s": round(statistics.median(again), 3)}

@@ -124,7 +124,8 @@ def cmd_bench(args) -> int:
         result = bench_erf(image, runs=args.runs)
         print(json.dumps(result, indent=1) if args.json else
               f"ERF grid of {len(result['models'])} models at one pixel: first call {result['first_call_s']} s, "
-              f"warm {result['warm_median_s']} s ({result['threads']} threads)")
+              f"warm (a new pixel) {result['warm_median_s']} s, the same pixel again {result['same_pixel_again_s']} s "
+              f"({result['threads']} threads)")
         return 0
     from .bench import trained_networks
 

@@ -201,7 +201,7 @@ def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, p
     result = Comparison(image, chosen, [], gt, crf_params)
     for i, r in enumerate(chosen):
         if progress:
-            progress(i / len(chosen), f"running {r.title}")
+            progress(i / len(chosen), f"running {r.short}")
         result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None))
     if crf_params is not None:
         if progress:
@@ -217,10 +217,31 @@ def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, p
     return result
 
 
+def overlay_title(r: Record, p: Prediction, crf: bool = False) -> str:
+    """"FCN-8s · 18 ms · torch": the model's short title, its forward's latency and the backend that ran it."""
+    return f"{r.short} · {p.ms:.0f} ms · {p.backend}" + (" · CRF" if crf else "")
+
+
 def overlays(c: Comparison, alpha: float) -> list[tuple[np.ndarray, str]]:
-    tag = " · CRF" if c.refined else ""
-    return [(viz.overlay(c.image, labels, c.labels, alpha), f"{r.title} · {p.ms:.0f} ms · {p.backend}{tag}")
+    return [(viz.overlay(c.image, labels, c.labels, alpha), overlay_title(r, p, bool(c.refined)))
             for r, p, labels in zip(c.records, c.predictions, c.shown())]
+
+
+def classes_at(c: Comparison, pixel: tuple[int, int]) -> list[list[str]]:
+    """Rows of (model, class shown at ``pixel`` (y, x) of the working image) and, with a ground truth, its class."""
+    y, x = pixel
+    h, w = c.image.shape[:2]
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"pixel ({y}, {x}) is outside the {w}x{h} image")
+    names = list(c.labels.classes)
+
+    def name(i: int) -> str:
+        return names[i] if i < len(names) else "ignored"
+
+    rows = [[r.short, name(int(labels[y, x]))] for r, labels in zip(c.records, c.shown())]
+    if c.gt is not None:
+        rows.append(["ground truth", name(int(c.gt[y, x]))])
+    return rows
 
 
 def crf_views(c: Comparison, alpha: float) -> dict:
@@ -230,8 +251,8 @@ def crf_views(c: Comparison, alpha: float) -> dict:
     for p in c.predictions:
         if p.name in c.refined:
             after = c.refined[p.name]
-            out[p.name] = {"before": viz.overlay(c.image, p.labels, labelset, alpha),
-                           "after": viz.overlay(c.image, after, labelset, alpha),
+            out[p.name] = {"before": viz.stamp(viz.overlay(c.image, p.labels, labelset, alpha), "before the CRF"),
+                           "after": viz.stamp(viz.overlay(c.image, after, labelset, alpha), "after the CRF", right=True),
                            "changed": viz.changed_map(c.image, p.labels, after),
                            "changed_share": float((p.labels != after).mean())}
     return out
@@ -250,17 +271,33 @@ def metrics_table(c: Comparison) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def comparison_card(c: Comparison, alpha: float, settings: dict | None = None) -> bytes:
-    """A zip: the overlay grid PNG, every raw label map as PNG, and a JSON of names, weight
-    sha256s, settings and metrics."""
+def file_identity(source) -> dict | None:
+    """{"name", "sha256"} of an uploaded file (a path) or pasted bytes; None without one."""
+    if source is None:
+        return None
+    if isinstance(source, (bytes, bytearray)):
+        return {"name": "pasted image", "sha256": hashlib.sha256(source).hexdigest()}
+    with open(source, "rb") as f:  # uploads are capped (--max-file-size): one read is fine
+        return {"name": os.path.basename(str(source)), "sha256": hashlib.sha256(f.read()).hexdigest()}
+
+
+def comparison_card(c: Comparison, alpha: float, settings: dict | None = None, files: dict | None = None) -> bytes:
+    """A zip: the overlay grid and legend PNGs, every raw label map and (with a ground truth) every error
+    map as PNG, and a JSON of the input files (``files``: {"input", "ground_truth"} -> name and sha256),
+    model names, weight sha256s, settings and metrics."""
     tiles = overlays(c, alpha)
     grid = viz.titled_grid([c.image] + [t for t, _ in tiles], ["input"] + [title for _, title in tiles])
+    shown = c.shown()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("overlays.png", _png(grid))
-        for p, labels in zip(c.predictions, c.shown()):
+        z.writestr("legend.png", _png(viz.legend_image(c.labels, set(np.unique(np.stack(shown)).tolist()))))
+        for p, labels in zip(c.predictions, shown):
             z.writestr(f"labels/{p.name}.png", _png(labels))
+            if c.gt is not None:
+                z.writestr(f"errors/{p.name}.png", _png(viz.error_map(labels, c.gt, c.labels.ignore_index)))
         info = {
+            **(files or {}),
             "dataset": c.records[0].dataset.name, "classes": list(c.labels.classes),
             "image_size": list(c.image.shape[:2]),
             "models": [{"name": r.name, "title": r.title, "weights_file": r.file, "weights_sha256": r.sha256,

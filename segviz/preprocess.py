@@ -23,6 +23,10 @@ class InputError(ValueError):
     """Bad user input; the message is one line meant for the user."""
 
 
+class LabelsNotInSet(InputError):
+    """A label map holding ids that the chosen label set does not have (often another dataset's map)."""
+
+
 @dataclass
 class Prepared:
     image: np.ndarray  # (H, W, 3) uint8 RGB, the working size
@@ -147,7 +151,8 @@ def prepare_mask(source, size: tuple[int, int], num_classes: int, ignore_index: 
     bad = np.setdiff1d(np.unique(a), list(range(num_classes)) + [ignore_index])
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:5]) + (" ..." if bad.size > 5 else "")
-        raise InputError(f"the mask holds label values {shown} outside 0-{num_classes - 1} and the ignore id {ignore_index}")
+        raise LabelsNotInSet(f"the mask holds label values {shown} outside 0-{num_classes - 1} and the ignore id "
+                             f"{ignore_index}")
     a = a.astype(np.uint8)
     if (h, w) != tuple(size):
         a = np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.NEAREST))

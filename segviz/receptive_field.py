@@ -217,7 +217,8 @@ def trace(model: nn.Module, size=(224, 224), channels: int = 3) -> tuple[list[La
     was_training = model.training
     model.eval()
     try:
-        x = RFTensor.wrap(torch.zeros(1, channels, *size), IDENTITY)
+        device = next(model.parameters(), torch.empty(0)).device  # "meta": shapes and fields without arithmetic
+        x = RFTensor.wrap(torch.zeros(1, channels, *size, device=device), IDENTITY)
         with torch.no_grad():
             out = model(x)
     finally:
@@ -236,10 +237,22 @@ def final_field(model: nn.Module, size=(224, 224)) -> tuple[Field, Field]:
 
 
 def describe(field: tuple[Field, Field]) -> str:
+    """The field in whole pixels, height x width (fractions come from resampling layers' rules)."""
     h, w = field
     if h.whole or w.whole:
         return "the whole image (global pooling on the path)"
-    return f"{h.size:g} x {w.size:g} px, jump {h.jump:g}"
+    return f"{round(h.size)} x {round(w.size)} px"
+
+
+def beyond_image(field: tuple[Field, Field], size: tuple[int, int]) -> str:
+    """How much larger than the image (``size`` (H, W)) the field is, or "" when it fits."""
+    h, w = field
+    if h.whole or w.whole:
+        return ""
+    ratios = (h.size / size[0], w.size / size[1])
+    if max(ratios) <= 1:
+        return ""
+    return f"{ratios[0]:.1f}x the image's height, {ratios[1]:.1f}x its width"
 
 
 # --------------------------------------------------------------------------- effective field
@@ -250,52 +263,53 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
     The gradient of the logit at ``pixel`` (y, x) -- of its predicted class, or
     ``class_index`` -- with respect to the input, |grad| summed over channels, normalised
     to a maximum of 1. With ``samples`` > 0 the input is replaced by that many random
-    images and the maps averaged: the image-independent version. Returns (map (H, W), class).
+    images (one batch, one backward pass) and the maps summed: the image-independent version.
+    Returns (map (H, W), class).
     """
     import numpy as np
 
+    if image is None:
+        raise ValueError("effective_field needs an image (its size, and its content unless samples > 0)")
     device = next(model.parameters()).device
     y, x = pixel
-    if image is not None:
-        h, w = image.shape[:2]
-        if not (0 <= y < h and 0 <= x < w):
-            raise ValueError(f"pixel ({y}, {x}) is outside the {w}x{h} image")
-        inputs = [torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)]
-    else:
-        raise ValueError("effective_field needs an image (its size, and its content unless samples > 0)")
+    h, w = image.shape[:2]
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"pixel ({y}, {x}) is outside the {w}x{h} image")
     if samples > 0:
         g = torch.Generator().manual_seed(seed)
-        inputs = [torch.rand(1, 3, h, w, generator=g) for _ in range(samples)]
-    total, chosen = None, class_index
+        raw = torch.cat([torch.rand(1, 3, h, w, generator=g) for _ in range(samples)])
+    else:
+        raw = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)
     was_training = model.training
     model.eval()
     try:
-        for raw in inputs:
-            inp = model.normalize(raw.to(device)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(inp)["out"]
-                c = chosen if chosen is not None else int(logits[0, :, y, x].argmax())
-                if not 0 <= c < logits.shape[1]:
-                    raise ValueError(f"class {c} does not exist; the model has {logits.shape[1]} classes")
-                (grad,) = torch.autograd.grad(logits[0, c, y, x], inp)
-            m = grad[0].abs().sum(0)
-            total = m if total is None else total + m
-            if chosen is None and samples == 0:
-                chosen = c
+        inp = model.normalize(raw.to(device)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(inp)["out"]
+            if class_index is None:  # each input's own predicted class at the pixel
+                classes = logits[:, :, y, x].argmax(1)
+            else:
+                if not 0 <= class_index < logits.shape[1]:
+                    raise ValueError(f"class {class_index} does not exist; the model has {logits.shape[1]} classes")
+                classes = torch.full((len(raw),), class_index)
+            # The inputs of a batch are independent (eval mode): one backward gives each one's gradient.
+            (grad,) = torch.autograd.grad(logits[torch.arange(len(raw)), classes, y, x].sum(), inp)
     finally:
         model.train(was_training)
+    total = grad.abs().sum(1).sum(0)
     erf = total / total.max().clamp_min(1e-12)
+    chosen = class_index if class_index is not None or samples > 0 else int(classes[0])
     return erf.detach().cpu().numpy(), chosen
 
 
-def field_box(field: tuple[Field, Field], pixel: tuple[int, int], size: tuple[int, int]):
-    """The theoretical field of output ``pixel`` as (y0, x0, y1, x1), clipped to the image, or None
-    when it is the whole image. The output is at input resolution, so unit i sits at pixel i."""
+def field_box(field: tuple[Field, Field], pixel: tuple[int, int]):
+    """The theoretical field of output ``pixel`` as (y0, x0, y1, x1), not clipped (it may reach past the
+    image), or None when it is the whole image. The output is at input resolution: unit i sits at pixel i."""
     h, w = field
     if h.whole or w.whole:
         return None
-    (y, x), (H, W) = pixel, size
-    return (max(0.0, y - h.size / 2), max(0.0, x - w.size / 2), min(H, y + h.size / 2), min(W, x + w.size / 2))
+    y, x = pixel
+    return (y - h.size / 2, x - w.size / 2, y + h.size / 2, x + w.size / 2)
 
 
 def erf_extent(erf, threshold: float = 0.05) -> tuple[int, int]:
@@ -309,19 +323,81 @@ def erf_extent(erf, threshold: float = 0.05) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- the Receptive field tab's grid
-@functools.lru_cache(maxsize=64)
-def theoretical_field(name: str, size: tuple[int, int]):
-    """Traced once per model and image size (the weights do not matter, the graph does)."""
-    from .compare import load
+def traceable(name: str) -> nn.Module:
+    """The network of a record or a registry key, for tracing: a registry network is built on the meta
+    device (no weights, no arithmetic: fields depend on the graph only); a foreign one is loaded."""
+    from . import registry
 
-    return trace(load(name), size)[1]["out"]
+    key = registry_key(name)
+    if key is None:
+        from .compare import load
+
+        return load(name)
+    with torch.device("meta"):
+        return registry.build(key, num_classes=11)  # the number of classes does not change the field
+
+
+def registry_key(name: str) -> str | None:
+    """The registry key behind ``name`` (a registry key or a record name), or None for a foreign network."""
+    from . import records, registry
+
+    if name in registry.names():
+        return name
+    r = records.get(name)
+    return r.network if r.trained_here else None
+
+
+@functools.lru_cache(maxsize=64)
+def traced(name: str, size: tuple[int, int]):
+    """(model, layers, outputs): :func:`traceable` and its :func:`trace`, once per model and image size."""
+    model = traceable(name)
+    return (model, *trace(model, size))
+
+
+def theoretical_field(name: str, size: tuple[int, int]):
+    return traced(name, size)[2]["out"]
+
+
+@dataclass(frozen=True)
+class DepthPoint:
+    depth: int  # convolutions and pools so far, in execution order
+    size: float  # the larger side of the field of this layer's units, in input pixels
+    kind: str  # "conv", "strided" / "dilated" (a convolution with stride / dilation > 1), "pool",
+    # "global" (the field is now the whole image), "output" (the model's logits, all branches joined)
+    layer: str
+
+
+def field_by_depth(name: str, size: tuple[int, int]) -> list[DepthPoint]:
+    """The theoretical field of every convolution and pooling layer of a model in execution order, then of
+    its output: what strides, pooling, dilation, ASPP and global pooling do to it. Parallel branches (ASPP,
+    pyramid pooling) appear one after the other."""
+    model, layers, outputs = traced(name, size)
+    points = []
+    for layer in layers:
+        if "Conv" not in layer.kind and "Pool" not in layer.kind:
+            continue
+        h, w = layer.field
+        module = model.get_submodule(layer.name)
+        if h.whole or w.whole:
+            kind = "global"
+        elif "Pool" in layer.kind:
+            kind = "pool"
+        elif "Transpose" in layer.kind:  # upsampling: it widens the field by a few units, it does not stride
+            kind = "conv"
+        elif max(_pair(getattr(module, "dilation", 1))) > 1:
+            kind = "dilated"
+        else:
+            kind = "strided" if max(_pair(getattr(module, "stride", 1))) > 1 else "conv"
+        points.append(DepthPoint(len(points) + 1, max(h.size, w.size), kind, layer.name))
+    h, w = outputs["out"]
+    points.append(DepthPoint(len(points) + 1, max(h.size, w.size), "global" if h.whole or w.whole else "output", "out"))
+    return points
 
 
 def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: int = 0, progress=None):
     """Per model: the ERF heatmap of ``pixel`` with the theoretical field drawn as a box, and a
     table row (model, class, theoretical field, ERF extent at 5% of its peak)."""
-    from . import viz
-    from .compare import load, resolve
+    from .compare import resolve
     from .preprocess import prepare_image, scale_pixel
 
     prepared = prepare_image(image)
@@ -338,17 +414,41 @@ def erf_grid(image, pixel, names, class_name: str | None = None, random_inputs: 
     class_index = None if class_name in (None, "", "predicted") else classes.index(class_name)
     tiles, rows = [], []
     for i, r in enumerate(todo):
-        name = r.name
         if progress:
-            progress(i / len(todo), f"gradients of {r.title}")
-        erf, c = effective_field(load(name), img, pixel, class_index, samples=random_inputs)
-        field = theoretical_field(name, size)
-        ey, ex = erf_extent(erf)
-        tile = viz.draw_box(viz.heatmap_overlay(img, erf), field_box(field, pixel, size), pixel)
-        cls = classes[c] if c is not None else "predicted (random inputs)"
-        tiles.append((tile, f"{r.title} · {cls}"))
-        rows.append([r.title, cls, describe(field), f"{ey} x {ex} px"])
+            progress(i / len(todo), f"gradients of {r.short}")
+        tile, row = _erf_tile(r, img, pixel, class_index, random_inputs)
+        tiles.append((tile, f"{r.short} · {row[1]}"))
+        rows.append(row)
     return tiles, rows, pixel
+
+
+_ERF_CACHE = None
+
+
+def _erf_tile(r, img, pixel, class_index, random_inputs):
+    """One model's tile (heatmap, field box, colour bar) and table row, cached on everything they depend on:
+    showing the grid again, or with one more model, computes only what is new."""
+    global _ERF_CACHE
+    from . import viz
+    from .compare import ByteCache, image_key, load
+
+    if _ERF_CACHE is None:
+        _ERF_CACHE = ByteCache(64 << 20, lambda v: v[0].nbytes)
+    key = (image_key(img), r.name, tuple(pixel), class_index, random_inputs)
+    hit = _ERF_CACHE.get(key)
+    if hit is not None:
+        return hit
+    size = img.shape[:2]
+    erf, c = effective_field(load(r.name), img, pixel, class_index, samples=random_inputs)
+    field = theoretical_field(r.name, size)
+    ey, ex = erf_extent(erf)
+    larger = beyond_image(field, size)
+    tile = viz.draw_box(viz.heatmap_overlay(img, erf), field_box(field, pixel), pixel,
+                        f"field {describe(field)}: {larger}" if larger else None)
+    cls = r.labels.classes[c] if c is not None else "predicted (random inputs)"
+    _ERF_CACHE[key] = out = (viz.erf_colour_bar(tile), [r.short, cls, describe(field) + (f" ({larger})" if larger else ""),
+                                                       f"{ey} x {ex} px"])
+    return out
 
 
 HEADERS = ["model", "class", "theoretical field", "ERF extent (>5% of peak)"]

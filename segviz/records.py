@@ -55,6 +55,12 @@ class Record:
     url: str | None = None  # public home, for downloads
     metrics: dict = field(default_factory=dict, compare=False)  # what we measured (bundled: the manifest entry)
     note: str = ""
+    short: str = ""  # overlay and chart labels ("GCN"); default: the title without its parenthesis
+
+    def __post_init__(self):
+        from .registry import short_title
+
+        object.__setattr__(self, "short", self.short or short_title(self.title))
 
     @property
     def labels(self) -> LabelSet:
@@ -116,7 +122,8 @@ def _bundled(manifest: Path) -> list[Record]:
         spec = registry.get_spec(entry["model"])
         out.append(Record(name, spec.name, dataset, spec.title, spec.arch, "bundled", entry["file"], entry["sha256"],
                           functools.partial(_load_bundled, name, str(manifest)),
-                          functools.partial(_missing_bundled, name, str(manifest)), metrics=entry))
+                          functools.partial(_missing_bundled, name, str(manifest)), metrics=entry,
+                          short=spec.short))
     return out
 
 

@@ -25,6 +25,10 @@ class ModelSpec:
     compact: bool = False  # the EfficientNet-Lite0 configurations we train and bundle
     aux: bool = False  # returns an auxiliary head's logits as "aux" in train mode
     config: object = field(default=None, repr=False, compare=False)  # the architecture's config dataclass
+    short: str = ""  # overlay and chart labels; default: the title without its parenthesis
+
+    def __post_init__(self):
+        object.__setattr__(self, "short", self.short or short_title(self.title))
 
     def branches(self) -> list:
         """The dilated / pooled branches the model declares (``segviz.dilation.Branch``); [] if none."""
@@ -34,6 +38,11 @@ class ModelSpec:
     @property
     def arxiv_url(self) -> str:
         return f"https://arxiv.org/abs/{self.arxiv}"
+
+
+def short_title(title: str) -> str:
+    """A title without its parenthesis: "DeepLab v2 (ASPP)" -> "DeepLab v2"."""
+    return title.split(" (")[0]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -16,10 +16,14 @@ def colorize(labels: np.ndarray, labelset: LabelSet) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, labelset: LabelSet, alpha: float = 0.6) -> np.ndarray:
-    """Blend the class colours over the image (alpha 0 = image only, 1 = colours only)."""
+    """Blend the class colours over the image (alpha 0 = image only, 1 = colours only); the label set's
+    background class (VOC's) stays transparent, so the objects stand out on the photo."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, labelset).astype(np.float32)
+    a = np.full(labels.shape + (1,), alpha, np.float32)
+    if labelset.background is not None:
+        a[labels == labelset.background] = 0
+    mixed = (1 - a) * image.astype(np.float32) + a * colorize(labels, labelset).astype(np.float32)
     return mixed.round().astype(np.uint8)
 
 
@@ -36,6 +40,22 @@ def legend_html(labelset: LabelSet, present: set[int] | None = None) -> str:
     return f'<div class="segviz-legend">{"".join(items)}</div>'
 
 
+def legend_image(labelset: LabelSet, present: set[int] | None = None) -> np.ndarray:
+    """The legend as a picture (for the comparison card): a swatch and a name per class, one per row;
+    classes not predicted are faded."""
+    row = 18
+    canvas = Image.new("RGB", (200, row * labelset.num_classes + 4), "white")
+    d = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i, (name, color) in enumerate(zip(labelset.classes, labelset.colors)):
+        faded = present is not None and i not in present
+        y = 2 + i * row
+        d.rectangle([4, y + 1, 18, y + 15], fill=tuple(color), outline=(0, 0, 0))
+        d.text((26, y + 3), name + (" (not predicted)" if faded else ""), fill=(150, 150, 150) if faded else "black",
+               font=font)
+    return np.asarray(canvas)
+
+
 def disagreement(label_maps: list[np.ndarray]) -> np.ndarray:
     """Per pixel: how many models disagree with the majority label (0 = all agree)."""
     stack = np.stack(label_maps)  # (M, H, W)
@@ -47,12 +67,37 @@ def disagreement(label_maps: list[np.ndarray]) -> np.ndarray:
 
 
 def disagreement_image(label_maps: list[np.ndarray]) -> np.ndarray:
+    """The disagreement map in magma with a colour bar: 0 (all agree) up to all but one model disagreeing."""
     import matplotlib
 
     d = disagreement(label_maps)
     cmap = matplotlib.colormaps["magma"]
     scale = max(len(label_maps) - 1, 1)
-    return (cmap(d / scale)[..., :3] * 255).round().astype(np.uint8)
+    ticks = sorted({0, scale // 2, scale})
+    return with_colour_bar((cmap(d / scale)[..., :3] * 255).round().astype(np.uint8), "magma",
+                           [(t / scale, str(t)) for t in ticks], "models disagreeing")
+
+
+def with_colour_bar(image: np.ndarray, cmap: str, ticks: list[tuple[float, str]], label: str) -> np.ndarray:
+    """``image`` with a vertical colour bar on its right: position p (0 bottom, 1 top) has colour cmap(p);
+    ``ticks`` are (position, text) pairs, ``label`` is written above the bar."""
+    import matplotlib
+
+    h = image.shape[0]
+    top, bottom, bar_w, text_w = 16, 6, 14, 8 + 6 * max([len(t) for _, t in ticks] + [1])
+    width = max(bar_w + 6 + text_w, 6 * len(label) + 8)
+    panel = Image.new("RGB", (width, h), "white")
+    span = h - top - bottom
+    colours = (matplotlib.colormaps[cmap](np.linspace(1, 0, span))[:, :3] * 255).round().astype(np.uint8)
+    panel.paste(Image.fromarray(np.repeat(colours[:, None], bar_w, 1)), (4, top))
+    d = ImageDraw.Draw(panel)
+    font = ImageFont.load_default()
+    d.text((2, 2), label, fill="black", font=font)
+    for p, text in ticks:
+        y = top + round((1 - p) * (span - 1))
+        d.line([4 + bar_w, y, 8 + bar_w, y], fill="black")
+        d.text((10 + bar_w, min(max(y - 5, top - 4), h - 11)), text, fill="black", font=font)
+    return np.concatenate([image, np.asarray(panel)], 1)
 
 
 def agreement_matrix(label_maps: list[np.ndarray]) -> np.ndarray:
@@ -93,14 +138,16 @@ def agreement_figure(matrix: np.ndarray, names: list[str]):
     import matplotlib.pyplot as plt
 
     n = max(len(names), 3)
-    fig, ax = plt.subplots(figsize=(3.5 + 0.55 * n, 2.5 + 0.5 * n), dpi=100)
-    im = ax.imshow(matrix * 100, vmin=max(0, matrix.min() * 100 - 5), vmax=100, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig, ax = plt.subplots(figsize=(3.5 + 0.6 * n, 2.8 + 0.5 * n), dpi=100)
+    lo = max(0, matrix.min() * 100 - 5)
+    im = ax.imshow(matrix * 100, vmin=lo, vmax=100, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=9)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] < matrix.mean() else "black")
+            if i != j:  # the diagonal is 100 by definition
+                ax.text(j, i, f"{matrix[i, j] * 100:.0f}", ha="center", va="center", fontsize=9,
+                        color="white" if matrix[i, j] * 100 < (lo + 100) / 2 else "black")
     fig.colorbar(im, ax=ax, label="% pixels with the same label")
     ax.set_title("Pairwise agreement")
     fig.tight_layout()
@@ -126,6 +173,55 @@ def class_share_figure(shares: np.ndarray, names: list[str], labelset: LabelSet)
     ax.set_title("Pixel share per class")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.subplots_adjust(left=0.3, right=0.8, bottom=0.5 / (1.4 + 0.35 * len(names)) + 0.1)
+    return fig
+
+
+DEPTH_MARKERS = {"strided": ("s", "stride > 1"), "pool": ("v", "pooling"), "dilated": ("o", "dilated conv"),
+                 "global": ("*", "global pooling: the whole image")}
+
+
+def field_depth_figure(curves: dict, image_size: tuple[int, int]):
+    """Theoretical field (the larger side, px, log scale) against depth for each model (``curves``: title ->
+    ``segviz.receptive_field.DepthPoint`` list); marked where a stride, a pool, a dilated convolution or
+    global pooling grows it. Fields that became the whole image are drawn on a line above the rest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    finite = [p.size for pts in curves.values() for p in pts if p.kind != "global"] + [max(image_size)]
+    top = max(finite) * 1.6  # where "the whole image" is drawn
+    styles = ["-", "--", "-.", ":"]
+    for k, (title, pts) in enumerate(curves.items()):
+        colour = plt.cm.tab10(k % 10)
+        # The largest field reached so far: a skip or shortcut branch that reads an earlier, smaller field
+        # does not shrink what the network has seen.
+        ys = np.maximum.accumulate([top if p.kind == "global" else p.size for p in pts])
+        ax.plot([p.depth for p in pts], ys, color=colour, lw=1.8, ls=styles[k // 10 % 4], label=title)
+        for kind, (marker, _) in DEPTH_MARKERS.items():
+            # global pooling: marked where it first happens
+            sel = [(p.depth, y) for i, (p, y) in enumerate(zip(pts, ys)) if p.kind == kind and
+                   (kind != "global" or i == 0 or pts[i - 1].kind != "global")]
+            if sel:
+                ax.scatter(*zip(*sel), marker=marker, color=colour, s=30 if kind != "global" else 90, zorder=3,
+                           edgecolors="black", linewidths=0.4)
+    ax.axhline(top, color="grey", ls=":", lw=1)
+    ax.text(1, top, " the whole image (global pooling)", va="bottom", fontsize=8, color="dimgray")
+    for side, what, va in ((image_size[1], "image width", "bottom"), (image_size[0], "image height", "top")):
+        ax.axhline(side, color="grey", ls="--", lw=0.8)
+        ax.text(1, side, f" {what} ({side} px)", va=va, fontsize=8, color="dimgray")
+    ax.set_yscale("log")
+    ax.set_ylim(1, top * 1.5)
+    ax.set_xlabel("depth (convolutions and pools, in execution order)")
+    ax.set_ylabel("largest theoretical field so far (px)")
+    ax.set_title("How each architecture grows its receptive field", loc="right")
+    handles = [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="black", label=lab)
+               for m, lab in DEPTH_MARKERS.values()]
+    first = ax.legend(handles=handles, loc="lower right", fontsize=8, title="marks", title_fontsize=8)
+    ax.add_artist(first)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -157,7 +253,10 @@ def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return sum(k[i] * v[:, i:i + w] for i in range(2 * r + 1))
 
 
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, gamma: float = 0.4, cmap: str = "inferno") -> np.ndarray:
+ERF_GAMMA = 0.4
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, gamma: float = ERF_GAMMA, cmap: str = "inferno") -> np.ndarray:
     """A dimmed image under a heatmap; ``gamma`` < 1 lifts the weak tails (gradients fall off fast)."""
     import matplotlib
 
@@ -169,19 +268,53 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, gamma: float = 0.4, cma
     return ((1 - a) * base + a * colours).round().astype(np.uint8)
 
 
+FIELD_COLOUR = (0, 230, 255)
+
+
 def draw_box(image: np.ndarray, box, pixel: tuple[int, int], label: str | None = None) -> np.ndarray:
-    """The theoretical field as a cyan box (or a note that it is the whole image) and the pixel as a cross."""
+    """The theoretical field as a cyan box and the pixel as a green cross. A side of the box beyond the
+    image is drawn dashed along the image's edge (the field goes on past it); ``box`` None draws no box
+    (the field is the whole image); ``label`` goes in the bottom-left corner."""
     im = Image.fromarray(image)
     d = ImageDraw.Draw(im)
     y, x = pixel
+    H, W = image.shape[:2]
     if box is not None:
         y0, x0, y1, x1 = box
-        d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 230, 255), width=2)
+        top, left, bottom, right = max(y0, 0), max(x0, 0), min(y1, H) - 1, min(x1, W) - 1
+        sides = [((left, top, right, top), y0 < 0), ((left, bottom, right, bottom), y1 > H),
+                 ((left, top, left, bottom), x0 < 0), ((right, top, right, bottom), x1 > W)]
+        for (ax, ay, bx, by), beyond in sides:
+            if not beyond:
+                d.line([ax, ay, bx, by], fill=FIELD_COLOUR, width=3)
+                continue
+            steps = max(abs(bx - ax), abs(by - ay))  # dashes of 8 px, 8 px apart
+            for s in np.arange(0, steps + 1, 16):
+                e = min(s + 8, steps)
+                f0, f1 = s / max(steps, 1), e / max(steps, 1)
+                d.line([ax + (bx - ax) * f0, ay + (by - ay) * f0, ax + (bx - ax) * f1, ay + (by - ay) * f1],
+                       fill=FIELD_COLOUR, width=5)
     for dx, dy in ((-6, 0), (6, 0), (0, -6), (0, 6)):
         d.line([x, y, x + dx, y + dy], fill=(0, 255, 0), width=2)
     if label:
-        d.rectangle([0, 0, 8 + 6 * len(label), 14], fill=(0, 0, 0))
-        d.text((4, 1), label, fill=(255, 255, 255), font=ImageFont.load_default())
+        d.rectangle([0, H - 15, 8 + 6 * len(label), H - 1], fill=(0, 0, 0))
+        d.text((4, H - 14), label, fill=FIELD_COLOUR, font=ImageFont.load_default())
+    return np.asarray(im)
+
+
+def erf_colour_bar(tile: np.ndarray, gamma: float = ERF_GAMMA, cmap: str = "inferno") -> np.ndarray:
+    """A heatmap tile with its colour bar: gradient magnitude as a share of the peak, placed as
+    :func:`heatmap_overlay` maps it (value v at height v ** gamma)."""
+    return with_colour_bar(tile, cmap, [(v ** gamma, f"{v:g}") for v in (0.01, 0.1, 0.5, 1)], "|grad| / peak")
+
+
+def stamp(image: np.ndarray, text: str, right: bool = False) -> np.ndarray:
+    """``text`` in white on a black strip in the top-left (or top-right) corner of ``image``."""
+    im = Image.fromarray(image)
+    d = ImageDraw.Draw(im)
+    x = im.width - 10 - 6 * len(text) if right else 0
+    d.rectangle([x, 0, x + 8 + 6 * len(text), 14], fill=(0, 0, 0))
+    d.text((x + 4, 1), text, fill=(255, 255, 255), font=ImageFont.load_default())
     return np.asarray(im)
 
 

@@ -21,7 +21,7 @@ from segviz.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = ready_names("camvid")
-TITLES = [records.get(n).title for n in READY]
+TITLES = [records.get(n).short for n in READY]  # what overlays, charts and tables call each model
 needs_weights = pytest.mark.skipif(not READY, reason="no bundled weights yet")
 
 
@@ -30,12 +30,53 @@ def frame(camvid_root):
     return str(camvid_root / "val" / "0016E5_07959.png"), str(camvid_root / "valannot" / "0016E5_07959.png")
 
 
+def test_short_titles_come_from_the_specs():
+    assert records.get("gcn_efficientnet_lite0.camvid").short == "GCN"
+    assert records.get("deeplabv2_efficientnet_lite0.camvid").short == "DeepLab v2"  # "DeepLab v2 (ASPP)"
+    assert records.get("deeplabv3_mnv2.voc").short == "DeepLab v3 MobileNetV2"
+    assert all(len(t) <= 12 for t in TITLES), TITLES
+
+
+def test_overlays_leave_voc_background_transparent():
+    from segviz.data.palettes import CAMVID, VOC
+    from segviz.viz import overlay
+
+    image = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:4] = 15  # person
+    shown = overlay(image, labels, VOC, 0.6)
+    assert np.array_equal(shown[4:], image[4:]) and not np.array_equal(shown[:4], image[:4])
+    assert not np.array_equal(overlay(image, labels * 0, CAMVID, 0.6), image)  # CamVid's class 0 is Sky: coloured
+
+
 @needs_weights
 def test_compare_runs_every_ready_model_and_scores_them(frame):
+    from segviz.compare import classes_at
+
     image, mask = frame
+    plain = run_compare(image, READY, 0.6)
     r = run_compare(image, READY, 0.6, gt=mask)
+    # A ground truth given afterwards is scored on the cached predictions: no model runs again.
+    assert all(a is b for a, b in zip(plain["view"].comparison.predictions, r["view"].comparison.predictions))
     assert [t.split(" · ")[0] for _, t in r["overlays"]] == TITLES
     assert all(o.shape == (360, 480, 3) for o, _ in r["overlays"])
+    # The pixel readout: each model's class at a road pixel, and the truth's.
+    rows = classes_at(r["view"].comparison, (340, 240))
+    assert [m for m, _ in rows] == TITLES + ["ground truth"] and rows[-1][1] == "Road"
+    assert sum(c == "Road" for _, c in rows[:-1]) >= len(READY) - 1
+    with pytest.raises(ValueError, match="outside the 480x360 image"):
+        classes_at(r["view"].comparison, (360, 0))
+    # The disagreement map carries its colour bar: magma from 0 (bottom) to all but one model (top).
+    import matplotlib
+
+    bar = r["disagreement"][:, 480 + 4 + 7]
+    assert r["disagreement"].shape[0] == 360 and r["disagreement"].shape[1] > 480
+    magma = matplotlib.colormaps["magma"]
+    assert np.abs(bar[16].astype(int) - np.round(np.array(magma(1.0)[:3]) * 255)).max() <= 3
+    assert np.abs(bar[-7].astype(int) - np.round(np.array(magma(0.0)[:3]) * 255)).max() <= 3
+    # The agreement matrix names the models by their short titles.
+    ticks = [t.get_text() for t in r["agreement"].axes[0].get_xticklabels()]
+    assert ticks == TITLES
     header, rows = r["metrics"]
     assert header[:3] == ["model", "mIoU", "pixel acc"] and len(rows) == len(READY)
     manifest = read_manifest()
@@ -43,17 +84,24 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
         assert row[1] > manifest[row[0]]["val_miou"] - 25 and row[2] > 70
     for name in CAMVID.classes:
         assert name in r["legend"]
-    assert r["disagreement"].shape == (360, 480, 3) and len(r["errors"]) == len(READY)
+    assert len(r["errors"]) == len(READY)
     # Opacity 0 shows the image itself; the card carries the weights' identities.
     plain = restyle(r["view"], 0.0)
     assert np.array_equal(plain[0][0], np.asarray(Image.open(image).convert("RGB")))
     with zipfile.ZipFile(export_card(r["view"])) as z:
         card = json.loads(z.read("card.json"))
-        assert {"overlays.png", *(f"labels/{n}.png" for n in READY)} <= set(z.namelist())
+        assert {"overlays.png", "legend.png", *(f"labels/{n}.png" for n in READY),
+                *(f"errors/{n}.png" for n in READY)} <= set(z.namelist())
         labels = np.asarray(Image.open(z.open(f"labels/{READY[0]}.png")))
+        errors = np.asarray(Image.open(z.open(f"errors/{READY[0]}.png")))
     assert [m["weights_sha256"] for m in card["models"]] == [manifest[n]["sha256"] for n in READY]
     assert card["settings"]["opacity"] == 0.0 and READY[0] in card["metrics"]
     assert labels.shape == (360, 480) and labels.max() < 11
+    assert np.array_equal(errors, r["errors"][0][0])
+    import hashlib
+
+    assert card["input"] == {"name": "0016E5_07959.png", "sha256": hashlib.sha256(Path(image).read_bytes()).hexdigest()}
+    assert card["ground_truth"]["sha256"] == hashlib.sha256(Path(mask).read_bytes()).hexdigest()
 
 
 @needs_weights
@@ -69,6 +117,9 @@ def test_dense_crf_in_the_comparison(frame):
     view = r["crf"][READY[0]]
     assert view["before"].shape == view["after"].shape == (360, 480, 3)
     assert 0 < view["changed_share"] < 0.5  # it changes something, but not everything
+    # The slider's two sides say which is which: a black label strip top-left (before), top-right (after).
+    assert (view["before"][14, :8] == 0).all() and (view["after"][14, -8:-2] == 0).all()
+    assert not (view["before"][14, -8:-2] == 0).all()
     header, rows = r["metrics"]
     assert header[1:3] == ["mIoU", "mIoU before CRF"] and abs(rows[0][1] - rows[0][2]) < 15
     assert r["overlays"][0][1].endswith("CRF")
@@ -92,6 +143,14 @@ def test_bad_images_are_one_line_errors(tmp_path, make, message):
 @needs_weights
 def test_bad_masks_and_selections(frame, tmp_path):
     image, _ = frame
+    # A VOC label map (person, ignore) on CamVid models: shown unscored, with a warning.
+    voc = np.full((360, 480), 15, np.uint8)
+    voc[:10] = 255
+    Image.fromarray(voc).save(tmp_path / "voc.png")
+    r = run_compare(image, READY[:1], 0.5, gt=str(tmp_path / "voc.png"))
+    assert r["metrics"] == (["model"], []) and r["errors"] == [] and len(r["overlays"]) == 1
+    assert any(n.startswith("ground truth not scored: the mask holds label values 15, 255 outside 0-10")
+               and "CamVid" in n for n in r["notes"]), r["notes"]
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(InputError, match="is 10x10 but the image is 480x360"):
         run_compare(image, READY[:1], 0.5, gt=str(tmp_path / "small.png"))
@@ -250,20 +309,24 @@ def test_api_is_stateless_any_set_from_a_fresh_client(server, frame):
     assert len(out[0]) == 2 and "Bicyclist" in out[1]
 
 
-@pytest.mark.browser
-@needs_weights
-def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
+def _chromium(p):
     if not Path("/usr/bin/chromium").exists():
         if os.environ.get("CI"):
             pytest.fail("chromium must be installed in CI (apt-get install chromium)")
         pytest.skip("chromium is not installed")
+    return p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                             args=["--no-sandbox", "--disable-background-networking",
+                                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
+
+
+@pytest.mark.browser
+@needs_weights
+def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking",
-                                          "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser = _chromium(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.goto(server)
         page.wait_for_selector("#run")
         assert "CPU" in page.inner_text("#header") or "CUDA" in page.inner_text("#header")
@@ -296,13 +359,64 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         seen = {tuple(c) for c in swatches.reshape(-1, 3)}
         colours = {name: tuple(c) for name, c in zip(CAMVID.classes, CAMVID.colors)}
         assert len(shown) >= 5 and all(colours[n] in seen for n in shown), [n for n in shown if colours[n] not in seen]
+        # Every overlay is in the 1440x1000 window at once, and the gallery does not scroll inside.
+        page.evaluate("window.scrollTo(0, 0)")
+        bottoms = page.eval_on_selector_all("#overlays .thumbnail-item", "els => els.map(e => e.getBoundingClientRect().bottom)")
+        assert len(bottoms) == len(READY) and max(bottoms) <= 1000, bottoms
+        assert page.evaluate("(() => { const g = document.querySelector('#overlays .grid-wrap');"
+                             " return g.scrollHeight <= g.clientHeight + 1; })()")
         shot = Path(os.environ.get("SEGVIZ_SCREENSHOT", tmp_path / "compare.png"))
         page.screenshot(path=str(shot), full_page=True)
+        # A click on the probed overlay (the first) lists each model's class at that pixel: road, low in the middle.
+        box = page.locator("#probe img").bounding_box()
+        page.locator("#probe img").click(position={"x": box["width"] / 2, "y": box["height"] * 0.95})
+        page.wait_for_function(f"document.querySelector('#readout').innerText.includes({TITLES[-1]!r})", timeout=60_000)
+        readout = page.inner_text("#readout")
+        assert all(t in readout for t in TITLES) and readout.count("Road") >= len(READY) - 1, readout
+        # A ground truth uploaded after the run is scored at once, from the cached predictions.
+        page.set_input_files("#ground-truth input[type=file]", str(camvid_root / "valannot" / "0016E5_08151.png"))
+        page.get_by_role("tab", name="Ground truth").click()
+        page.wait_for_function(f"document.querySelectorAll('#errors .thumbnail-item').length == {len(READY)}",
+                               timeout=120_000)
+        # A run that fails leaves nothing of the last one on screen.
+        page.eval_on_selector_all("#architectures input[type=checkbox]:checked", "els => els.forEach(e => e.click())")
+        page.click("#run")
+        page.wait_for_selector("text=select at least one model", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#overlays .thumbnail-item img').length == 0 && "
+                               "document.querySelectorAll('#legend .segviz-legend-item').length == 0", timeout=60_000)
         browser.close()
     full = np.asarray(Image.open(shot).convert("RGB"))
-    assert full.shape[1] == 1400 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
+    assert full.shape[1] == 1440 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
     print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models, whose forwards took {forwards:.1f} s "
           f"({seconds / forwards:.2f}x)")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_weights
+def test_browser_receptive_field_tiles_and_depth_plot(server, camvid_root, tmp_path):
+    """Uncropped tiles (the whole 480x360 frame, with its colour bar) and the field-against-depth plot."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _chromium(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(server)
+        page.get_by_role("tab", name="Receptive field").click()
+        page.set_input_files("#rf-image input[type=file]", str(camvid_root / "val" / "0016E5_08151.png"))
+        page.wait_for_selector("#rf-image img")
+        page.click("#rf-run")
+        page.wait_for_function("document.querySelectorAll('#rf-grid .thumbnail-item img').length > 0 && "
+                               "document.querySelector('#rf-depth img')", timeout=600_000)
+        page.eval_on_selector_all("img", "els => els.forEach(e => { e.loading = 'eager'; })")
+        page.wait_for_function("[...document.querySelectorAll('#rf-grid img, #rf-depth img')]"
+                               ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
+        fits = page.eval_on_selector_all("#rf-grid .thumbnail-item img",
+                                         "els => els.map(e => [getComputedStyle(e).objectFit, e.naturalWidth, e.naturalHeight])")
+        assert all(fit == "contain" and w > 480 and h == 360 for fit, w, h in fits), fits
+        shot = Path(os.environ.get("SEGVIZ_RF_SCREENSHOT", tmp_path / "receptive_field.png"))
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
 
 
 @needs_weights
@@ -417,13 +531,22 @@ def test_a_tampered_bundled_file_costs_only_that_model(frame, tmp_path, monkeypa
 
 
 @needs_weights
-def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path):
+def test_receptive_field_without_a_click_uses_the_centre_of_any_image(tmp_path, monkeypatch):
+    import segviz.receptive_field
     from segviz.receptive_field import erf_grid
 
     small = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(small)
     tiles, rows, pixel = erf_grid(str(small), None, READY[:1])
     assert pixel == (32, 48) and len(tiles) == 1
+    assert tiles[0][0].shape[0] == 64 and tiles[0][0].shape[1] > 96  # the tile and its colour bar
+    import re
+
+    assert re.fullmatch(r"\d+ x \d+ px \(\d+\.\dx the image's height, \d+\.\dx its width\)", rows[0][2]), rows[0][2]
+    # The same grid again is made from the cache: no gradient is taken.
+    monkeypatch.setattr(segviz.receptive_field, "effective_field", lambda *a, **k: pytest.fail("recomputed"))
+    again, rows_again, _ = erf_grid(str(small), None, READY[:1])
+    assert np.array_equal(again[0][0], tiles[0][0]) and rows_again == rows
     with pytest.raises(ValueError, match="outside the 96x64 image"):
         erf_grid(str(small), (180, 240), READY[:1])
 

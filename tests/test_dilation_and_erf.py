@@ -71,9 +71,17 @@ def test_effective_field_lies_inside_the_theoretical_one():
     assert ys.min() >= 8 and ys.max() <= 12 and xs.min() >= 18 and xs.max() <= 22
     assert erf_extent(erf, 1e-9) <= (5, 5)
     h, w = final_field(model, (32, 40))
-    assert field_box((h, w), (10, 20), (32, 40)) == (7.5, 17.5, 12.5, 22.5)
+    assert field_box((h, w), (10, 20)) == (7.5, 17.5, 12.5, 22.5)
     avg, _ = effective_field(model, image, (10, 20), class_index=1, samples=3)
     assert avg.shape == (32, 40)
+    # Random inputs go through in one batch: the same map as each input's gradient taken on its own.
+    g = torch.Generator().manual_seed(0)
+    total = 0
+    for _ in range(3):
+        x = torch.rand(1, 3, 32, 40, generator=g).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(x)["out"][0, 1, 10, 20], x)
+        total = total + grad[0].abs().sum(0)
+    assert np.allclose(avg, (total / total.max()).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="outside"):
         effective_field(model, image, (40, 0))
     with pytest.raises(ValueError, match="class 5"):
@@ -121,3 +129,21 @@ def test_declared_branches_exist_in_the_built_head(name):
         assert (b.bins in bins) if b.bins else (b.kernel == 1 or b.rate in rates), (name, b)
     assert model.backbone.output_stride == registry.get_spec(name).output_stride
     assert {b.stride for b in model_branches(name)} == {model.backbone.output_stride}
+
+
+def test_a_field_larger_than_the_image_is_drawn_dashed_on_its_edges():
+    from segviz.receptive_field import Field, beyond_image, describe
+    from segviz.viz import FIELD_COLOUR, draw_box
+
+    big = (Field(1237.65), Field(1231.0))  # SegNet's field once looked like this
+    assert describe(big) == "1238 x 1231 px"  # whole pixels
+    assert beyond_image(big, (360, 480)) == "3.4x the image's height, 2.6x its width"
+    assert beyond_image((Field(101), Field(101)), (360, 480)) == ""
+    image = np.zeros((60, 80, 3), np.uint8)
+    cyan = lambda a: np.all(a == FIELD_COLOUR, axis=-1)  # noqa: E731
+    inside = draw_box(image, field_box((Field(21), Field(31)), (30, 40)), (30, 40))
+    assert cyan(inside[19:21, 30:50]).all() and not cyan(inside[0]).any()  # a solid box, within the image
+    drawn = draw_box(image, field_box(big, (30, 40)), (30, 40), "3.4x")  # the label: bottom left
+    for edge in (drawn[1, :], drawn[-2, :], drawn[:-16, 1], drawn[:-16, -2]):  # every side beyond: dashed edges
+        share = cyan(edge).mean()
+        assert 0.3 < share < 0.8, share

@@ -98,3 +98,37 @@ def test_deeplab_largefov_field_is_the_released_networks():
     assert [l.shape[-2:] for l in pools] == [(181, 241), (91, 121)] + [(46, 61)] * 4
     fc8 = by_name["fc8"]
     assert (fc8.field[0].size, fc8.field[1].size, fc8.field[0].jump) == (435, 435, 8)
+
+
+def test_tracing_on_the_meta_device_gives_the_real_fields():
+    from segviz.registry import build
+
+    model = build("deeplabv2_efficientnet_lite0", num_classes=3)
+    real = trace(model, (64, 96))
+    meta = trace(model.to("meta"), (64, 96))
+    assert [l.field for l in real[0]] == [l.field for l in meta[0]] and real[1] == meta[1]
+
+
+def test_field_against_depth_shows_vgg_pools_dilation_and_global_pooling():
+    from segviz.receptive_field import field_by_depth
+
+    # Araujo et al. (Distill 2019): VGG-16's pool1-pool5 fields are 6, 16, 44, 100 and 212 px.
+    fcn = field_by_depth("fcn32s_vgg16", (360, 480))
+    assert [round(p.size) for p in fcn if p.kind == "pool"] == [6, 16, 44, 100, 212]
+    assert fcn[-1].kind == "output" and fcn[-1].size == 436  # as in assets/models.json
+    v1 = field_by_depth("deeplabv1_vgg16", (360, 480))
+    # fc6 of DeepLab-LargeFOV: a 3x3 convolution at dilation 12 on stride 8 takes the field from 243 to 435.
+    assert max(p.size for p in v1 if p.kind == "dilated") == 435
+    v3 = field_by_depth("deeplabv3_resnet101", (360, 480))
+    assert v3[-1].kind == "global" and {"strided", "pool", "dilated"} <= {p.kind for p in v3}
+    assert [p.depth for p in v3] == list(range(1, len(v3) + 1))
+
+
+def test_the_depth_plot_holds_every_selected_model_and_configuration():
+    from segviz.ui.receptive_field import depth_figure
+
+    fig = depth_figure(None, ["fcn8s_efficientnet_lite0.camvid"], ["deeplabv1_vgg16", "pspnet_resnet50"])
+    labels = [l.get_label() for l in fig.axes[0].get_lines() if not l.get_label().startswith("_")]
+    assert labels == ["FCN-8s", "DeepLab v1 (vgg16)", "PSPNet (resnet50)"]
+    with pytest.raises(ValueError, match="select at least one"):
+        depth_figure(None, [], [])

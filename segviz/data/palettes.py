@@ -12,6 +12,7 @@ class LabelSet:
     classes: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     ignore_index: int
+    background: int | None = None  # a "nothing here" class that overlays leave transparent
 
     @property
     def num_classes(self) -> int:
@@ -57,5 +58,6 @@ VOC = LabelSet(
              "tvmonitor"),
     colors=_voc_colors(),
     ignore_index=255,
+    background=0,
 )
 

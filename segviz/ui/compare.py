@@ -1,9 +1,9 @@
 """Compare tab: every selected architecture on one image, side by side.
 
 The handlers are plain functions (file paths / numpy in, numpy / figures / text out); only
-``build_tab`` touches gradio.
+``build_tab`` touches gradio. (No ``from __future__ import annotations`` here: Gradio reads the handlers'
+``gr.SelectData`` annotations at run time.)
 """
-from __future__ import annotations
 
 import dataclasses
 import math
@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import viz
 from .. import records
-from ..compare import Comparison, compare, comparison_card, crf_views, load, metrics_table, overlays, resolve
-from ..preprocess import prepare_image, prepare_mask, whole_number
+from ..compare import (Comparison, classes_at, compare, comparison_card, crf_views, file_identity, load, metrics_table,
+                       overlay_title, overlays, resolve)
+from ..preprocess import LabelsNotInSet, prepare_image, prepare_mask, whole_number
 
 
 @dataclass
@@ -24,6 +25,7 @@ class CompareView:
     comparison: Comparison
     notes: list[str]
     alpha: float
+    files: dict  # "input", "ground_truth": the uploaded files' names and sha256s (for the card)
 
 
 def example_images(limit: int = 6) -> list[str]:
@@ -132,23 +134,29 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
     crf, scaled = crf_within_budget(crf, prepared.image.shape[:2], len(names))
     if scaled:
         notes.append(scaled)
-    labelset = resolve(list(names))[0].labels
+    chosen = resolve(list(names))
+    labelset = chosen[0].labels
     mask = None
     if gt is not None:
-        mask = prepare_mask(gt, prepared.image.shape[:2], labelset.num_classes, labelset.ignore_index,
-                            prepared.original_size)
+        try:
+            mask = prepare_mask(gt, prepared.image.shape[:2], labelset.num_classes, labelset.ignore_index,
+                                prepared.original_size)
+        except LabelsNotInSet as e:  # the predictions are still worth showing
+            notes.append(f"ground truth not scored: {e}; is it a {chosen[0].dataset.short} label map?")
     c = compare(prepared.image, list(names), mask, progress, crf_params=crf)
     maps = c.shown()
+    shorts = [r.short for r in c.records]
     present = set(np.unique(np.stack(maps)).tolist())
+    files = {"input": file_identity(image), "ground_truth": file_identity(gt) if mask is not None else None}
     result = {
-        "view": CompareView(c, notes, alpha),
+        "view": CompareView(c, notes, alpha, files),
         "overlays": overlays(c, alpha),
         "legend": viz.legend_html(labelset, present),
         "disagreement": viz.disagreement_image(maps),
-        "agreement": viz.agreement_figure(viz.agreement_matrix(maps), c.names),
-        "shares": viz.class_share_figure(viz.class_shares(maps, labelset.num_classes), c.names, labelset),
-        "errors": [(viz.error_map(labels, mask, labelset.ignore_index), p.name)
-                   for p, labels in zip(c.predictions, maps)] if mask is not None else [],
+        "agreement": viz.agreement_figure(viz.agreement_matrix(maps), shorts),
+        "shares": viz.class_share_figure(viz.class_shares(maps, labelset.num_classes), shorts, labelset),
+        "errors": [(viz.error_map(labels, mask, labelset.ignore_index), short)
+                   for short, labels in zip(shorts, maps)] if mask is not None else [],
         "crf": crf_views(c, alpha),
         "metrics": metrics_table(c) if mask is not None else (["model"], []),
         "notes": notes,
@@ -176,7 +184,7 @@ def export_card(view: CompareView | None) -> str:
     """Write the comparison card zip and return its path."""
     if view is None:
         raise ValueError("run a comparison first")
-    data = comparison_card(view.comparison, view.alpha, {"notes": view.notes})
+    data = comparison_card(view.comparison, view.alpha, {"notes": view.notes}, view.files)
     fd, path = tempfile.mkstemp(prefix="segviz-card-", suffix=".zip")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -206,6 +214,7 @@ def crf_panel(gr) -> list:
 def build_tab(gr, user_error):
     """The Compare tab's widgets and events. ``user_error`` turns bad input into a UI message."""
     from . import gallery_files, png_file, upload_image
+    from ..preprocess import check_pixel
 
     ready, waiting = model_choices("camvid")
     # Every ready model of every set is a valid choice, so that an API call works from a fresh client whatever
@@ -228,36 +237,69 @@ def build_tab(gr, user_error):
                     run = gr.Button("Run all", variant="primary", elem_id="run")
                     cancel = gr.Button("Cancel", elem_id="cancel")
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
-                gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel)", file_types=[".png"],
-                             type="filepath")
+                gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel; scored on upload)",
+                             file_types=[".png"], type="filepath", elem_id="ground-truth")
                 crf_controls = crf_panel(gr)
             with gr.Column(scale=2):
                 notes = gr.Markdown(elem_id="notes")
-                gallery = gr.Gallery(label="Predictions", columns=3, height="auto", object_fit="contain", format="png",
-                                     elem_id="overlays")
+                # Four columns, 620 px high: eleven 360x480 overlays fit a 1440x1000 window without an inner scroll
+                # (an automatic height caps the gallery at 55% of the window).
+                gallery = gr.Gallery(label="Predictions (select one to read its pixels below)", columns=4,
+                                     height=620, object_fit="contain", format="png", elem_id="overlays")
                 legend = gr.HTML(elem_id="legend")
+                with gr.Tab("Pixel classes"):
+                    with gr.Row():
+                        probe = gr.Image(label="Click a pixel: each model's class there", interactive=False,
+                                         elem_id="probe")
+                        readout = gr.Dataframe(headers=["model", "class"], interactive=False, elem_id="readout",
+                                               label="Classes at the clicked pixel")
                 with gr.Tab("Disagreement"):
                     with gr.Row():
                         disagreement = gr.Image(label="Models disagreeing with the majority (dark = all agree)",
                                                 elem_id="disagreement")
-                        agreement = gr.Plot(label="Pairwise agreement")
+                        agreement = gr.Plot(label="Pairwise agreement (% of pixels)", elem_id="agreement")
                 with gr.Tab("Class shares"):
                     shares = gr.Plot(label="Pixel share per class")
                 with gr.Tab("Dense CRF"):
                     crf_model = gr.Dropdown([], label="Model", elem_id="crf-model")
-                    crf_slider = gr.ImageSlider(label="Before / after the CRF", type="numpy", elem_id="crf-slider")
+                    crf_slider = gr.ImageSlider(label="Before (left) / after (right) the CRF: drag the handle",
+                                                type="numpy", elem_id="crf-slider")
                     crf_changed = gr.Gallery(label="Pixels the CRF changed (magenta)", columns=3, height="auto",
                                              format="png")
                 with gr.Tab("Ground truth"):
-                    errors = gr.Gallery(label="Errors: green right, red wrong, grey ignored", columns=3, height="auto", format="png")
+                    errors = gr.Gallery(label="Errors: green right, red wrong, grey ignored", columns=3, height="auto",
+                                        format="png", elem_id="errors")
                     metrics = gr.Dataframe(label="Per-image scores (%)", interactive=False)
                 with gr.Row():
                     export = gr.Button("Export comparison card")
                     card = gr.File(label="Comparison card (.zip)")
 
+        outputs = [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics, crf_model,
+                   crf_slider, crf_changed, probe, readout, card]
+
+        def cleared():
+            """What a new run starts from: nothing of the last one stays on screen (nor after an error)."""
+            return [None, [], "", "", None, None, None, [], gr.Dataframe(value=[], headers=["model"]),
+                    gr.Dropdown(choices=[], value=None), None, [], None,
+                    gr.Dataframe(value=[], headers=["model", "class"]), None]
+
+        def shown(r):
+            """The outputs of a finished comparison (``run_compare``'s result)."""
+            header, rows = r["metrics"]
+            crf_names = list(r["crf"])
+            first = r["crf"][crf_names[0]] if crf_names else None
+            changed = [(v["changed"], f"{n} · {v['changed_share'] * 100:.1f}% changed") for n, v in r["crf"].items()]
+            return [r["view"], gallery_files(r["overlays"]), r["legend"], " · ".join(r["notes"]),
+                    png_file(r["disagreement"]), r["agreement"], r["shares"], gallery_files(r["errors"]),
+                    gr.Dataframe(value=rows, headers=header),
+                    gr.Dropdown(choices=crf_names, value=crf_names[0] if crf_names else None),
+                    (png_file(first["before"]), png_file(first["after"])) if first else None, gallery_files(changed),
+                    png_file(r["overlays"][0][0]), gr.Dataframe(value=[], headers=["model", "class"]), None]
+
         def on_run(image, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
             """A generator: each overlay appears as its model finishes, then everything else at once
             (API clients get the final outputs only)."""
+            yield cleared()
             with user_error():
                 crf = crf_settings(use_crf, *crf_values)
                 if not names:
@@ -265,24 +307,23 @@ def build_tab(gr, user_error):
                 working = prepare_image(image).image
                 ready, _ = loadable(names)
             tiles = []
-            skip = [gr.skip()] * 10
+            skip = [gr.skip()] * (len(outputs) - 2)
             for i, (r, p) in enumerate(stream_predictions(working, ready, keep_probs=crf is not None)):
-                progress(i / len(ready), desc=f"ran {r.title}")
-                tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)),
-                              f"{r.title} · {p.ms:.0f} ms · {p.backend}"))
+                progress(i / len(ready), desc=f"ran {r.short}")
+                tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
                 yield [gr.skip(), list(tiles)] + skip
             with user_error():
                 r = run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf)
-            header, rows = r["metrics"]
-            note = " · ".join(r["notes"])
-            crf_names = list(r["crf"])
-            first = r["crf"][crf_names[0]] if crf_names else None
-            changed = [(v["changed"], f"{n} · {v['changed_share'] * 100:.1f}% changed") for n, v in r["crf"].items()]
-            yield (r["view"], gallery_files(r["overlays"]) if crf else tiles, r["legend"], note,
-                   png_file(r["disagreement"]), r["agreement"], r["shares"], gallery_files(r["errors"]),
-                   gr.Dataframe(value=rows, headers=header),
-                   gr.Dropdown(choices=crf_names, value=crf_names[0] if crf_names else None),
-                   (png_file(first["before"]), png_file(first["after"])) if first else None, gallery_files(changed))
+            yield shown(r)
+
+        def on_ground_truth(view, image, gt):
+            """Score the last comparison against a newly uploaded (or removed) ground truth: the predictions
+            (and CRFs) are cached, so nothing runs again."""
+            if view is None:
+                return [gr.skip()] * len(outputs)
+            with user_error():
+                c = view.comparison
+                return shown(run_compare(image, c.names, view.alpha, gt, crf=c.crf_params))
 
         def on_crf_model(view, name):
             if view is None or not name:
@@ -293,6 +334,21 @@ def build_tab(gr, user_error):
         def on_restyle(view, alpha):
             return gallery_files(restyle(view, alpha))
 
+        def on_pick(view, evt: gr.SelectData):
+            """A selected overlay becomes the one whose pixels are read."""
+            if view is None:
+                return None
+            c = view.comparison
+            return png_file(viz.overlay(c.image, c.shown()[evt.index], c.labels, view.alpha))
+
+        def on_probe(view, evt: gr.SelectData):
+            if view is None:
+                return gr.skip()
+            with user_error():
+                x, y = check_pixel(evt.index)  # Gradio sends [x, y] of the working image shown
+                return gr.Dataframe(value=classes_at(view.comparison, (y, x)),
+                                    headers=["model", f"class at (y={y}, x={x})"])
+
         def on_model_set(model_set):
             ready, waiting = model_choices(model_set)
             return gr.CheckboxGroup(choices=ready, value=[n for _, n in ready]), waiting
@@ -301,13 +357,14 @@ def build_tab(gr, user_error):
             with user_error():
                 return export_card(view)
 
-        running = run.click(on_run, [image, names, alpha, gt, *crf_controls],
-                  [view, gallery, legend, notes, disagreement, agreement, shares, errors, metrics, crf_model,
-                   crf_slider, crf_changed],
-                  api_name="compare", concurrency_limit=1)
+        running = run.click(on_run, [image, names, alpha, gt, *crf_controls], outputs,
+                            api_name="compare", concurrency_limit=1)
+        gt.change(on_ground_truth, [view, image, gt], outputs, api_name=False, concurrency_limit=1)
         crf_model.change(on_crf_model, [view, crf_model], crf_slider, api_name=False)
         cancel.click(None, None, None, cancels=[running], api_name=False)
         alpha.release(on_restyle, [view, alpha], gallery, api_name="restyle")
+        gallery.select(on_pick, view, probe, api_name=False)
+        probe.select(on_probe, view, readout, api_name=False)
         model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")
     return on_model_set, model_set, [names, unavailable]
