@@ -172,7 +172,10 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
     assert set(rows) == {r.name for r in every} | {s.name for s in list_models() if s.name not in trained}
     col = {h: i for i, h in enumerate(HEADERS)}
     for name, entry in read_manifest().items():
-        assert rows[name][col["val mIoU (ours)"]] == entry["val_miou"]
+        val = "trained on val" if entry["val_trained_on"] else f"{entry['val_miou']:.2f}"
+        assert rows[name][col["val mIoU (ours)"]] == val
+        if "heldout" in entry:
+            assert rows[name][col["held-out sequence mIoU (ours)"]].startswith(str(entry["heldout"]["miou"]))
         assert rows[name][col["trained on"]] == "camvid"
     review = col["VOC12 test mIoU (review)"]
     assert rows["fcn8s_efficientnet_lite0.camvid"][review] == 62.2  # the review's FCN figure
