@@ -10,7 +10,7 @@ import torch
 from . import registry
 from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
-from .weights import MANIFEST, load_safetensors, save_safetensors, sha256_file
+from .weights import MANIFEST, load_safetensors, read_manifest, save_safetensors, sha256_file
 
 SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
 
@@ -81,9 +81,27 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
     }
     if heldout is not None:
         entry["heldout"] = heldout
+    _write_entry(manifest, record, entry)
+    return entry
+
+
+def record_heldout(record: str, heldout: dict, manifest: str | os.PathLike | None = None) -> dict:
+    """Add the held-out validation of a bundled model's recipe (a run of it with a sequence held out,
+    :func:`heldout_scores`) to its manifest entry; the bundled weights stay as they are."""
+    manifest = Path(manifest or MANIFEST)
+    entry = read_manifest(manifest).get(record)
+    if entry is None:
+        raise ValueError(f"no bundled model {record!r} in {manifest}")
+    if heldout["recipe"]["model"] != entry["model"]:
+        raise ValueError(f"the held-out run trained {heldout['recipe']['model']}, not {entry['model']}")
+    entry["heldout"] = heldout
+    _write_entry(manifest, record, entry)
+    return entry
+
+
+def _write_entry(manifest: Path, record: str, entry: dict):
     models = json.loads(manifest.read_text())["models"] if manifest.exists() else {}
     models[record] = entry
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=1) + "\n")
     os.replace(tmp, manifest)
-    return entry

@@ -207,6 +207,15 @@ def cmd_weights(args) -> int:
         path = voc.fetch(voc.get(args.model), url=args.url)
         print(f"{args.model}: {path}")
         return 0
+    if args.action == "heldout":
+        from .bundle import heldout_scores, record_heldout
+
+        if not (args.model_opt and args.heldout_run):
+            raise ValueError("weights heldout needs --model RECORD and --heldout-run RUN")
+        held = record_heldout(records.get(args.model_opt).name, heldout_scores(args.heldout_run))["heldout"]
+        print(f"{args.model_opt}: held-out {held['split']} mIoU {held['miou']} (epoch {held['epoch']}), "
+              f"last epoch {held['last_miou']}")
+        return 0
     if args.action == "bundle":
         from .bundle import bundle, heldout_scores
 
@@ -388,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
-    w.add_argument("action", choices=["list", "bundle", "download"])
+    w.add_argument("action", choices=["list", "bundle", "heldout", "download"],
+                   help="heldout: record a held-out run's scores for an already bundled model (--model, --heldout-run)")
     w.add_argument("model", nargs="?", help="download: a VOC model (deeplabv3_mnv2.voc, deeplabv3_resnet50.voc, ...)")
     w.add_argument("--model", dest="model_opt", help="bundle: the registry name")
     w.add_argument("--url", default=None, help="download: a mirror URL of the file")

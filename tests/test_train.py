@@ -192,3 +192,18 @@ def _run_with_val_split(tmp_path, split):
     run.mkdir()
     (run / "recipe.json").write_text(json.dumps({"val_split": split}))
     return run
+
+
+def test_held_out_scores_are_recorded_for_a_bundled_model_without_touching_its_weights(tmp_path):
+    from segviz.bundle import record_heldout
+
+    manifest = tmp_path / "manifest.json"
+    entry = {"model": MODEL, "file": f"{MODEL}.camvid.safetensors", "sha256": "ab" * 32, "val_miou": 56.8}
+    manifest.write_text(json.dumps({"models": {f"{MODEL}.camvid": entry}}))
+    held = {"split": "seq:0006R0", "miou": 40.0, "recipe": {"model": MODEL}}
+    record_heldout(f"{MODEL}.camvid", held, manifest)
+    assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"] == {**entry, "heldout": held}
+    with pytest.raises(ValueError, match="not fcn32s"):
+        record_heldout(f"{MODEL}.camvid", {**held, "recipe": {"model": "fcn8s_efficientnet_lite0"}}, manifest)
+    with pytest.raises(ValueError, match="no bundled model"):
+        record_heldout("unet_efficientnet_lite0.camvid", held, manifest)
