@@ -197,6 +197,67 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from tqdm import tqdm
+
+    from . import review
+
+    if (args.images is None) != (args.labels is None):
+        raise ValueError("--images and --labels go together (a folder of images and one of label PNGs)")
+    if args.images is not None:
+        source = review.folder_source(args.images, args.labels, args.set, args.limit)
+    elif args.set != "camvid":
+        raise ValueError(f"--set {args.set} reads a folder: pass --images DIR --labels DIR")
+    else:
+        source = review.camvid_source(args.data, args.split, args.limit)
+    crf = None
+    if args.crf:
+        from .crf import AVAILABLE, INSTALL_HINT, CRFParams
+
+        if not AVAILABLE:
+            raise ValueError(INSTALL_HINT)
+        crf = CRFParams()
+    names = "all" if args.models == "all" else [n for n in args.models.split(",") if n]
+    bars = []
+
+    def progress(done, total, name):
+        if not bars:
+            bars.append(tqdm(desc="review", unit="image", total=total, disable=args.quiet or args.json))
+        bars[0].update(done - bars[0].n)
+
+    store = review.Store(args.db)
+    try:
+        result = review.run(source, names, store, crf, progress)
+        for bar in bars:
+            bar.close()
+        for name, why in result.skipped:
+            print(f"skipped {name}: {why}", file=sys.stderr)
+        if args.csv:
+            review.write_csv(result, args.csv)
+        if args.report:
+            from .review_report import write_report
+
+            write_report(result, args.report)
+        data = review.to_json(result)
+    finally:
+        store.close()
+    if args.json:
+        for m in data["models"]:
+            del m["confusion_matrix"]
+            m.get("crf", {}).pop("confusion_matrix", None)
+        print(json.dumps(data, indent=1))
+        return 0
+    print(f"{source.title}: {data['images']} images, {len(data['skipped'])} skipped, {data['computed_rows']} "
+          f"predictions computed (the rest from {store.path})")
+    print(f"{'model':40} {'mIoU':>6} {'pix acc':>7} {'BF':>6}" + (f" {'CRF mIoU':>8} {'CRF BF':>6}" if crf else ""))
+    for m in data["models"]:
+        line = f"{m['name']:40} {m['miou']:6.2f} {m['pixel_acc']:7.2f} {m['boundary_f'] or float('nan'):6.2f}"
+        if crf:
+            line += f" {m['crf']['miou']:8.2f} {m['crf']['boundary_f'] or float('nan'):6.2f}"
+        print(line)
+    return 0
+
+
 def cmd_weights(args) -> int:
     from . import records
 
@@ -389,6 +450,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    rv = sub.add_parser("review", help="every model on every image of a labelled set, stored in a database: scores, "
+                                       "boundary quality, CSV and HTML report")
+    rv.add_argument("--set", default="camvid", choices=["camvid", "voc"], help="the label set (default camvid)")
+    rv.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid)")
+    rv.add_argument("--split", default="val", help="val, train, trainval, seq:SEQ or noseq:SEQ")
+    rv.add_argument("--images", default=None, help="a folder of images (instead of --data/--split) ...")
+    rv.add_argument("--labels", default=None, help="... and one of label PNGs with the same file stems")
+    rv.add_argument("--models", default="all", help="all (every model of the set here) or NAME,NAME")
+    rv.add_argument("--db", default=None, help="the database (default: ~/.cache/segviz/review.sqlite)")
+    rv.add_argument("--crf", action="store_true", help="also score every model after the dense CRF (default parameters)")
+    rv.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
+    rv.add_argument("--csv", default=None, help="write per-image scores to this CSV file")
+    rv.add_argument("--report", default=None, help="write a self-contained HTML report to this file")
+    rv.add_argument("--json", action="store_true")
+    rv.add_argument("--quiet", action="store_true", help="no progress bar")
+    rv.set_defaults(func=cmd_review)
 
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
     w.add_argument("action", choices=["list", "bundle", "download"])

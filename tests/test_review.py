@@ -1,0 +1,152 @@
+"""``segviz review`` on real CamVid frames: the database, resuming, bad data, scores equal to eval."""
+import csv
+import json
+import multiprocessing
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segviz import review
+from segviz.cli import main
+
+FCN8S = "fcn8s_efficientnet_lite0.camvid"
+
+
+@pytest.fixture(scope="module")
+def reviewed(camvid_root, tmp_path_factory):
+    """Two val frames with FCN-8s: a run cancelled after the first frame, then the CLI resuming it."""
+    db = tmp_path_factory.mktemp("review") / "review.sqlite"
+    asked = []
+
+    def cancel_after_one():
+        asked.append(1)
+        return len(asked) > 1
+
+    store = review.Store(db)
+    source = review.camvid_source(camvid_root, "val", 2)
+    with pytest.raises(review.Cancelled, match="after 1 of 2 images"):
+        review.run(source, [FCN8S], store, cancelled=cancel_after_one)
+    resumed = review.run(source, [FCN8S], store)
+    store.close()
+    out = db.parent / "scores.csv"
+    args = ["review", "--data", str(camvid_root), "--limit", "2", "--models", FCN8S, "--db", str(db), "--json",
+            "--csv", str(out)]
+    return db, args, out, resumed
+
+
+def _cli(capsys, args):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_an_interrupted_run_resumes_and_a_rerun_computes_nothing(reviewed, capsys):
+    db, args, _, resumed = reviewed
+    assert resumed.computed == 1 and len(resumed.items) == 2
+    code, out, _ = _cli(capsys, args)
+    again = json.loads(out)
+    assert code == 0 and again["images"] == 2 and again["computed_rows"] == 0
+    assert again["models"][0]["miou"] == review.to_json(resumed)["models"][0]["miou"]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 2
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_json_equals_segviz_eval(reviewed, capsys, camvid_root):
+    _, args, _, _ = reviewed
+    got = json.loads(_cli(capsys, args)[1])["models"][0]
+    code, out, _ = _cli(capsys, ["eval", "--model", FCN8S, "--data", str(camvid_root), "--limit", "2", "--json"])
+    want = json.loads(out)
+    assert code == 0 and got["name"] == FCN8S
+    for key in ("miou", "pixel_acc", "class_acc", "per_class_iou"):
+        assert got[key] == want[key], key
+    assert got["miou"] > 50  # a trained model, not noise
+    trimap = got["trimap"]
+    assert trimap["band_px"][0] == 1 and trimap["band_px"][-1] == 40
+    # near the edges is where models fail: accuracy rises with the band's width towards the overall one
+    assert trimap["accuracy"] == sorted(trimap["accuracy"]) and trimap["accuracy"][-1] < got["pixel_acc"]
+    assert 0 < got["boundary_f"] < 100
+
+
+def test_csv_has_a_row_per_image_and_model(reviewed, capsys):
+    _, args, out, _ = reviewed
+    data = json.loads(_cli(capsys, args)[1])
+    rows = list(csv.DictReader(open(out)))
+    assert [r["image"] for r in rows] == ["0016E5_07959.png", "0016E5_07961.png"]
+    assert {r["model"] for r in rows} == {FCN8S} and set(data["classes"]) <= set(rows[0])
+    # the images' own mIoUs bracket the set's
+    mious = [float(r["miou"]) for r in rows]
+    assert min(mious) <= data["models"][0]["miou"] + 5 and 0 < min(mious) <= max(mious) <= 100
+
+
+def test_bad_data_is_listed_and_skipped(reviewed, capsys, camvid_root, tmp_path):
+    db, _, _, _ = reviewed
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    first = review.camvid_source(camvid_root, "val", 1).items[0]
+    image, label = first.image, first.label
+    shutil.copy(image, images / "good.png"), shutil.copy(label, labels / "good.png")  # in the database already
+    shutil.copy(image, images / "lonely.png")  # no label
+    shutil.copy(label, labels / "orphan.png")  # no image
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    shutil.copy(label, labels / "corrupt.png")
+    shutil.copy(image, images / "small.png")
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(labels / "small.png")  # size mismatch
+    shutil.copy(image, images / "ids.png")
+    Image.fromarray(np.full((360, 480), 42, np.uint8)).save(labels / "ids.png")  # unknown label id
+    args = ["review", "--images", str(images), "--labels", str(labels), "--models", FCN8S, "--db", str(db), "--json"]
+    code, out, err = _cli(capsys, args)
+    data = json.loads(out)
+    assert code == 0 and data["images"] == 1 and data["computed_rows"] == 0
+    reasons = {s["file"]: s["reason"] for s in data["skipped"]}
+    assert set(reasons) == {"lonely.png", "orphan.png", "corrupt.png", "small.png", "ids.png"}
+    assert "not a readable image" in reasons["corrupt.png"] and "480x360" in reasons["small.png"]
+    assert "42" in reasons["ids.png"] and "no label" in reasons["lonely.png"]
+    assert all(line.startswith("skipped ") for line in err.strip().split("\n"))
+    # bad images are remembered: the next run neither decodes them nor writes anything
+    with sqlite3.connect(db) as con:
+        before = con.execute("SELECT count(*) FROM results").fetchone()[0], con.execute("SELECT count(*) FROM bad").fetchone()[0]
+    again = json.loads(_cli(capsys, args)[1])
+    assert {s["file"] for s in again["skipped"]} == set(reasons)
+    with sqlite3.connect(db) as con:
+        after = con.execute("SELECT count(*) FROM results").fetchone()[0], con.execute("SELECT count(*) FROM bad").fetchone()[0]
+    assert before == after and before[1] == 3
+
+
+def test_bad_arguments_are_one_line_errors(capsys, tmp_path, camvid_root):
+    for args, words in ((["--images", str(tmp_path)], "go together"),
+                        (["--models", "fcn9s"], "no trained model"),
+                        (["--set", "voc"], "--images DIR --labels DIR"),
+                        (["--split", "seq:nowhere"], "unknown sequence"),
+                        (["--models", "deeplabv3_mnv2.voc"], "")):
+        code, out, err = _cli(capsys, ["review", "--data", str(camvid_root), "--db", str(tmp_path / "x.sqlite"), *args])
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, (args, err)
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    code, _, err = _cli(capsys, ["review", "--data", str(camvid_root), "--db", str(tmp_path / "junk.sqlite")])
+    assert code == 2 and "not a segviz review database" in err
+
+
+def _writer(path, start, n):
+    store = review.Store(path)
+    for i in range(start, start + n):
+        store.put([("m", "w", f"{i:04d}", "l", "s", b"png", b"cm", b"tri", b"b")])
+    store.close()
+
+
+def test_concurrent_writers_and_a_reader_corrupt_nothing(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    review.Store(path).close()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, start, 60)) for start in (0, 40)]  # 20 rows overlap
+    for p in procs:
+        p.start()
+    reader = review.Store(path)
+    seen = [len(reader.done("m", "w", "s")) for _ in range(20)]
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs) and seen == sorted(seen)
+    assert len(reader.done("m", "w", "s")) == 100
+    assert reader.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
