@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -222,12 +223,18 @@ def cmd_review(args) -> int:
 
     def progress(done, total, name):
         if not bars:
-            bars.append(tqdm(desc="review", unit="image", total=total, disable=args.quiet or args.json))
+            quiet = args.quiet or args.json or os.environ.get("RANK", "0") != "0"
+            bars.append(tqdm(desc="review", unit="image", total=total, disable=quiet))
         bars[0].update(done - bars[0].n)
 
-    store = review.Store(args.db)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the images are sharded, rank 0 stores and reports
+        result = review.run_sharded(source, names, args.db, crf, progress)
+    else:
+        result = review.run(source, names, review.Store(args.db), crf, progress)
+    if result is None:
+        return 0
+    store = result.store
     try:
-        result = review.run(source, names, store, crf, progress)
         for bar in bars:
             bar.close()
         for name, why in result.skipped:

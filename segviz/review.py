@@ -190,7 +190,8 @@ def _hash_items(source: Source, skipped: list) -> list[tuple[Item, str, str]]:
     return out
 
 
-def _prepare(item: Item, labelset) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(item: Item, labelset) -> tuple[np.ndarray, np.ndarray]:
+    """An item's image (as the models see it) and its label map, or a one-line :class:`InputError`."""
     prepared = prepare_image(item.image)
     try:
         gt = prepare_mask(item.label, prepared.image.shape[:2], labelset.num_classes, labelset.ignore_index,
@@ -290,10 +291,11 @@ def plan(source: Source, models: list, store: Store, crf=None, skipped=None) -> 
     return items, skipped, work
 
 
-def compute(items, pending: list, models: list, store: Store, crf, labelset, skipped: list,
+def compute(items, pending: list, models: list, put, crf, labelset, skipped: list,
             progress=None, cancelled=None) -> int:
-    """Compute and store the pending rows, one image per transaction. ``progress(done, total, text)``
-    is told after each image; ``cancelled()`` is asked before each image and raises :class:`Cancelled`."""
+    """Compute the pending rows and hand each image's to ``put(rows, bad)`` (:meth:`Store.put`: one
+    transaction per image). ``progress(done, total, text)`` is told after each image; ``cancelled()`` is
+    asked before each image and, if true, :class:`Cancelled` is raised."""
     by_name = {r.name: r for r in models}
     crfs = {settings_key(None): None, **({settings_key(crf): crf} if crf is not None else {})}
     plain = settings_key(None)
@@ -303,16 +305,16 @@ def compute(items, pending: list, models: list, store: Store, crf, labelset, ski
             raise Cancelled(f"cancelled after {n} of {len(pending)} images; run again to resume")
         item, image_sha, label_sha = items[i]
         try:
-            image, gt = _prepare(item, labelset)
+            image, gt = load_pair(item, labelset)
         except InputError as e:
             skipped.append((item.name, str(e)))
-            store.put([], [(image_sha, label_sha, plain, str(e))])
+            put([], [(image_sha, label_sha, plain, str(e))])
             continue
         rows = []
         for name in dict.fromkeys(m for m, _ in lacking):
             keys = [k for m, k in lacking if m == name]
             rows += _rows(by_name[name], image, gt, keys, crfs, (image_sha, label_sha))
-        store.put(rows)
+        put(rows, [])
         computed += len(rows)
         if progress is not None:
             progress(n + 1, len(pending), item.name)
@@ -335,9 +337,47 @@ def run(source: Source, names="all", store: Store | None = None, crf=None, progr
     store = store or Store()
     models = choose_models(names, source.dataset)
     items, skipped, pending = plan(source, models, store, crf)
-    computed = compute(items, pending, models, store, crf, source.labels, skipped, progress, cancelled) \
-        if pending else 0
+    computed = compute(items, pending, models, store.put, crf, source.labels, skipped, progress, cancelled)
     return collect(Review(source, models, crf, items, skipped, computed=computed, store=store))
+
+
+def run_sharded(source: Source, names="all", db=None, crf=None, progress=None) -> Review | None:
+    """:func:`run` across the processes of ``torchrun``: rank 0 plans what the database ``db`` lacks and
+    stores its own share as it goes; every other rank computes every world-size-th pending image and sends
+    its rows to rank 0 (gloo, so machines need no shared disk), which stores them. Returns the review on
+    rank 0, None elsewhere."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    store = None
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        models = choose_models(names, source.dataset)
+        if rank == 0:
+            store = Store(db)
+            shared = list(plan(source, models, store, crf))
+        else:
+            shared = [None, None, None]
+        dist.broadcast_object_list(shared, src=0)
+        items, skipped, pending = shared
+        mine, own_skipped = ([], []), []
+
+        def keep(rows, bad):
+            mine[0].extend(rows), mine[1].extend(bad)
+
+        computed = compute(items, pending[rank::world], models, store.put if rank == 0 else keep, crf,
+                           source.labels, own_skipped, progress)
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object((mine, own_skipped), gathered, dst=0)
+        if rank != 0:
+            return None
+        for (rows, bad), their_skipped in gathered[1:]:
+            store.put(rows, bad)
+            computed += len(rows)
+            skipped += their_skipped
+        return collect(Review(source, models, crf, items, skipped + own_skipped, computed=computed, store=store))
+    finally:
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- what it says
@@ -395,3 +435,47 @@ def write_csv(review: Review, path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- ranking frames
+RANKINGS = ("miou", "disagreement", "class")
+
+
+def image_mious(review: Review, model: str, with_crf: bool = False) -> np.ndarray:
+    """Each reviewed image's own mIoU (%) for one model."""
+    return np.array([scores(cm)["miou"] for cm, _, _ in review.per_image[(model, with_crf)]])
+
+
+def disagreements(review: Review, with_crf: bool = False) -> np.ndarray:
+    """Per image: the mean share of models that disagree with the majority label, over its pixels (0: all agree)."""
+    from .viz import disagreement
+
+    n = len(review.models)
+    return np.array([disagreement([review.prediction(r.name, with_crf, i) for r in review.models]).mean() / n
+                     for i in range(len(review.items))])
+
+
+def class_errors(review: Review, model: str, class_name: str, with_crf: bool = False) -> np.ndarray:
+    """Per image: the pixels one model gets wrong for one class (missed ones and false ones), as % of the image."""
+    c = list(review.source.labels.classes).index(class_name)
+    return np.array([(cm[c].sum() + cm[:, c].sum() - 2 * cm[c, c]) / max(cm.sum(), 1) * 100
+                     for cm, _, _ in review.per_image[(model, with_crf)]])
+
+
+def rank(review: Review, by: str = "miou", model: str | None = None, class_name: str | None = None,
+         with_crf: bool = False) -> list[tuple[int, float]]:
+    """(image index, score) worst first: by ``model``'s per-image mIoU (lowest first), by disagreement between
+    the models (most first), or by ``model``'s error on ``class_name`` (most first)."""
+    model = model or review.models[0].name
+    if by == "miou":
+        values, worst_first = image_mious(review, model, with_crf), np.argsort
+    elif by == "disagreement":
+        values, worst_first = disagreements(review, with_crf), lambda v: np.argsort(-v, kind="stable")
+    elif by == "class":
+        if class_name not in review.source.labels.classes:
+            raise ValueError(f"unknown class {class_name!r}; choose one of: {', '.join(review.source.labels.classes)}")
+        values, worst_first = class_errors(review, model, class_name, with_crf), lambda v: np.argsort(-v, kind="stable")
+    else:
+        raise ValueError(f"rank frames by one of: {', '.join(RANKINGS)}; got {by!r}")
+    order = worst_first(np.nan_to_num(values, nan=np.inf if by == "miou" else -np.inf))
+    return [(int(i), float(values[i])) for i in order]

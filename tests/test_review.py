@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT
 from segviz import review
 from segviz.cli import main
 
@@ -30,11 +31,11 @@ def reviewed(camvid_root, tmp_path_factory):
     with pytest.raises(review.Cancelled, match="after 1 of 2 images"):
         review.run(source, [FCN8S], store, cancelled=cancel_after_one)
     resumed = review.run(source, [FCN8S], store)
-    store.close()
     out = db.parent / "scores.csv"
     args = ["review", "--data", str(camvid_root), "--limit", "2", "--models", FCN8S, "--db", str(db), "--json",
             "--csv", str(out)]
-    return db, args, out, resumed
+    yield db, args, out, resumed
+    store.close()
 
 
 def _cli(capsys, args):
@@ -150,3 +151,50 @@ def test_concurrent_writers_and_a_reader_corrupt_nothing(tmp_path):
     assert all(p.exitcode == 0 for p in procs) and seen == sorted(seen)
     assert len(reader.done("m", "w", "s")) == 100
     assert reader.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_html_report_is_self_contained(reviewed, capsys, tmp_path):
+    _, args, _, _ = reviewed
+    out = tmp_path / "report.html"
+    code, _, _ = _cli(capsys, [*args, "--report", str(out)])
+    page = out.read_text()
+    assert code == 0 and not (tmp_path / "report.html.part").exists()
+    assert FCN8S in page and "Pedestrian" in page and "Leaderboard" in page and "trimap" in page.lower()
+    assert "http://" not in page and "https://" not in page  # opens offline
+    images = page.count('src="data:image/')
+    # trimap curves, one confusion matrix, and per gallery frame: input, ground truth, one model
+    assert images == 1 + 1 + 2 * 3
+    assert "0016E5_07959.png" in page
+
+
+def test_frames_rank_worst_first(reviewed):
+    _, _, _, resumed = reviewed
+    by_miou = review.rank(resumed, "miou", FCN8S)
+    assert [v for _, v in by_miou] == sorted(v for _, v in by_miou)
+    road = review.rank(resumed, "class", FCN8S, "Road")
+    assert [v for _, v in road] == sorted((v for _, v in road), reverse=True) and all(0 <= v < 100 for _, v in road)
+    assert [v for _, v in review.rank(resumed, "disagreement")] == [0.0, 0.0]  # one model agrees with itself
+    with pytest.raises(ValueError, match="unknown class"):
+        review.rank(resumed, "class", FCN8S, "Giraffe")
+
+
+@pytest.mark.slow
+def test_torchrun_shards_into_one_database(camvid_root, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    db = tmp_path / "sharded.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "segviz", "review",
+           "--data", str(camvid_root), "--limit", "4", "--models", FCN8S, "--db", str(db), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)  # rank 0 alone prints
+    assert data["images"] == 4 and data["computed_rows"] == 4
+    code, out, _ = _cli(capsys, ["eval", "--model", FCN8S, "--data", str(camvid_root), "--limit", "4", "--json"])
+    want = json.loads(out)
+    assert data["models"][0]["miou"] == want["miou"] and data["models"][0]["per_class_iou"] == want["per_class_iou"]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 4
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
