@@ -410,6 +410,30 @@ def to_json(review: Review) -> dict:
             "models": models}
 
 
+def leaderboard(data: dict) -> tuple[list[str], list[list]]:
+    """Header and rows (best mIoU first) from :func:`to_json`: mIoU, accuracies, boundary F (and after the CRF)."""
+    crf = data["crf"] is not None
+    header = ["model", "mIoU", "pixel acc", "class acc", "BF"] + (["mIoU + CRF", "BF + CRF"] if crf else [])
+    rows = [[m["name"], m["miou"], m["pixel_acc"], m["class_acc"], m["boundary_f"]] +
+            ([m["crf"]["miou"], m["crf"]["boundary_f"]] if crf else []) for m in data["models"]]
+    return header, sorted(rows, key=lambda r: -r[1])
+
+
+def class_table(data: dict) -> tuple[list[str], list[list]]:
+    """Header and rows from :func:`to_json`: each model's IoU per class."""
+    return ["model", *data["classes"]], [[m["name"], *m["per_class_iou"].values()] for m in data["models"]]
+
+
+def trimap_curves(data: dict, key: str = "miou") -> tuple[list[int], dict[str, list[float]]]:
+    """Band widths and, per model (and "<title> + CRF"), its trimap ``key`` ("miou" or "accuracy") per band."""
+    curves = {}
+    for m in data["models"]:
+        curves[m["title"]] = m["trimap"][key]
+        if "crf" in m:
+            curves[f"{m['title']} + CRF"] = m["crf"]["trimap"][key]
+    return list(BANDS), curves
+
+
 def image_scores(review: Review) -> list[dict]:
     """One row per (image, model, CRF on/off): the image's own mIoU, accuracy, boundary F and per-class IoU."""
     classes = review.source.labels.classes
@@ -479,3 +503,20 @@ def rank(review: Review, by: str = "miou", model: str | None = None, class_name:
         raise ValueError(f"rank frames by one of: {', '.join(RANKINGS)}; got {by!r}")
     order = worst_first(np.nan_to_num(values, nan=np.inf if by == "miou" else -np.inf))
     return [(int(i), float(values[i])) for i in order]
+
+
+def frame_views(review: Review, index: int, with_crf: bool = False) -> list[tuple[np.ndarray, str]]:
+    """The input with its ground truth's outlines, the ground truth, and each model's prediction with its
+    per-image mIoU (for the report's gallery and the Review tab's frame view)."""
+    from . import viz
+
+    item = review.items[index][0]
+    labelset = review.source.labels
+    image, gt = load_pair(item, labelset)
+    out = [(viz.outlines(image, gt), f"{item.name} (ground-truth outlines)"),
+           (viz.overlay(image, gt, labelset), "ground truth")]
+    for r in review.models:
+        pred = review.prediction(r.name, with_crf, index)
+        miou = image_mious(review, r.name, with_crf)[index]
+        out.append((viz.outlines(viz.overlay(image, pred, labelset), gt), f"{r.title}: {miou:.1f} mIoU"))
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from . import viz
-from .review import Review, image_mious, load_pair, rank, to_json
+from .review import Review, class_table, frame_views, leaderboard, rank, to_json, trimap_curves
 
 THUMB_WIDTH = 240
 GALLERY_FRAMES = 6
@@ -69,49 +69,24 @@ def _table(header: list[str], rows: list[list], sortable: bool = True) -> str:
     return f'<table class="{"sortable" if sortable else ""}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def frame_views(review: Review, index: int, with_crf: bool = False) -> list[tuple[np.ndarray, str]]:
-    """The input with its ground truth's outlines, the ground truth, and each model's prediction with its
-    per-image mIoU (for the report's gallery and the Review tab's frame view)."""
-    item = review.items[index][0]
-    labelset = review.source.labels
-    image, gt = load_pair(item, labelset)
-    out = [(viz.outlines(image, gt), f"{item.name} (ground-truth outlines)"),
-           (viz.overlay(image, gt, labelset), "ground truth")]
-    for r in review.models:
-        pred = review.prediction(r.name, with_crf, index)
-        miou = image_mious(review, r.name, with_crf)[index]
-        out.append((viz.outlines(viz.overlay(image, pred, labelset), gt), f"{r.title}: {miou:.1f} mIoU"))
-    return out
-
-
 def render(review: Review) -> str:
     """The report's HTML."""
     data = to_json(review)
     labelset = review.source.labels
     crf = review.crf is not None
-    models = sorted(data["models"], key=lambda m: -m["miou"])
     parts = [f"<h1>segviz review: {html.escape(review.source.title)}</h1>",
              f'<p class="note">{data["images"]} images, {len(data["skipped"])} skipped; label set '
              f'{html.escape(labelset.name)}; full resolution; scores summed over the images as '
              f'<code>segviz eval</code> does{"; CRF: pydensecrf defaults" if crf else ""}. '
              f'BF: boundary F-score (tolerance 0.75% of the image diagonal).</p>']
-    header = ["model", "mIoU", "pixel acc", "class acc", "BF"] + (["mIoU + CRF", "BF + CRF"] if crf else [])
-    rows = [[m["name"], m["miou"], m["pixel_acc"], m["class_acc"], m["boundary_f"]] +
-            ([m["crf"]["miou"], m["crf"]["boundary_f"]] if crf else []) for m in models]
-    parts += ["<h2>Leaderboard</h2>", _table(header, rows)]
-    parts += ["<h2>Per-class IoU</h2>",
-              _table(["model", *labelset.classes], [[m["name"], *m["per_class_iou"].values()] for m in models])]
-    curves = {}
-    for m in models:
-        curves[m["title"]] = m["trimap"]["miou"]
-        if crf:
-            curves[f"{m['title']} + CRF"] = m["crf"]["trimap"]["miou"]
-    bands = models[0]["trimap"]["band_px"]
+    models = sorted(data["models"], key=lambda m: -m["miou"])
+    parts += ["<h2>Leaderboard</h2>", _table(*leaderboard(data)), "<h2>Per-class IoU</h2>", _table(*class_table(data))]
+    bands, curves = trimap_curves(data)
     parts += ["<h2>Near boundaries (trimap)</h2>",
               f'<img alt="trimap curves" src="{_figure_uri(viz.trimap_figure(bands, curves))}">',
+              '<p class="note">pixel accuracy per band:</p>',
               _table(["model", *[f"{b} px" for b in bands]],
-                     [[m["name"], *m["trimap"]["accuracy"]] for m in models], sortable=False).replace(
-                  "<table", '<p class="note">pixel accuracy per band:</p><table', 1)]
+                     [[name, *values] for name, values in trimap_curves(data, "accuracy")[1].items()], sortable=False)]
     parts.append("<h2>Confusion matrices (rows: true class, normalised)</h2><div class='frame'>")
     for m in models:
         parts.append(f'<img alt="confusion matrix of {html.escape(m["name"])}" '

@@ -198,3 +198,53 @@ def test_torchrun_shards_into_one_database(camvid_root, tmp_path, capsys):
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 4
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# --------------------------------------------------------------------------- the Review tab's handlers
+@pytest.fixture
+def tab_db(reviewed, monkeypatch):
+    """The tab's default database is the fixture's (``$SEGVIZ_CACHE/review.sqlite``)."""
+    db = reviewed[0]
+    monkeypatch.setenv("SEGVIZ_CACHE", str(db.parent))
+    return db
+
+
+def test_tab_reads_the_review_back_and_opens_a_frame_in_compare(tab_db, camvid_root):
+    from segviz.ui.review import frame_files, frames, overview, query
+
+    q = query("camvid", "val", None, [FCN8S], False, 2)
+    shown = overview(q)
+    assert "**2 images**" in shown["summary"] and "0 predictions computed" in shown["summary"]
+    header, rows = shown["leaderboard"]
+    assert header[:2] == ["model", "mIoU"] and rows[0][0] == FCN8S and rows[0][1] > 50
+    assert shown["classes"][0][1:] == list(review.camvid_source(camvid_root).labels.classes)
+    pictures, indices = frames(q, "miou", FCN8S, None)
+    assert len(pictures) == 2 and sorted(indices) == [0, 1] and pictures[0][0].shape == (360, 480, 3)
+    assert "mIoU" in pictures[0][1]
+    image, label = frame_files(q, indices[0])
+    name = pictures[0][1].split(" · ")[0]
+    assert np.array_equal(np.asarray(Image.open(label)), np.asarray(Image.open(camvid_root / "valannot" / name)))
+    assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(camvid_root / "val" / name)))
+
+
+def test_tab_reviews_an_uploaded_zip(tab_db, camvid_root, tmp_path):
+    import zipfile
+
+    from segviz.ui.review import overview, query
+
+    first = review.camvid_source(camvid_root, "val", 1).items[0]
+    upload = tmp_path / "set.zip"
+    with zipfile.ZipFile(upload, "w") as z:
+        z.write(first.image, "my set/images/a.png")
+        z.write(first.label, "my set/labels/a.png")
+        z.writestr("my set/images/b.png", b"broken")
+    shown = overview(query("camvid", "", str(upload), [FCN8S], False, 0))
+    assert "**1 images**" in shown["summary"] and "skipped b.png: no label" in shown["summary"]
+    (tmp_path / "no-labels.zip").write_bytes(upload.read_bytes().replace(b"labels/", b"labelz/"))
+    for bad, words in ((tmp_path / "no-labels.zip", "a folder images/ and a folder labels/"),
+                       (tmp_path / "a.txt", "not a zip file")):
+        bad.touch()
+        with pytest.raises(ValueError, match=words):
+            query("camvid", "val", str(bad), [FCN8S], False, 0)
+    with pytest.raises(ValueError, match="select at least one model"):
+        query("camvid", "val", None, [], False, 0)

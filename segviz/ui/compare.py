@@ -310,4 +310,4 @@ def build_tab(gr, user_error):
         alpha.release(on_restyle, [view, alpha], gallery, api_name="restyle")
         model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")
-    return on_model_set, model_set, [names, unavailable]
+    return on_model_set, model_set, [names, unavailable], (image, gt, model_set)
