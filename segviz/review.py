@@ -414,9 +414,10 @@ def leaderboard(data: dict) -> tuple[list[str], list[list]]:
     """Header and rows (best mIoU first) from :func:`to_json`: mIoU, accuracies, boundary F (and after the CRF)."""
     crf = data["crf"] is not None
     header = ["model", "mIoU", "pixel acc", "class acc", "BF"] + (["mIoU + CRF", "BF + CRF"] if crf else [])
-    rows = [[m["name"], m["miou"], m["pixel_acc"], m["class_acc"], m["boundary_f"]] +
-            ([m["crf"]["miou"], m["crf"]["boundary_f"]] if crf else []) for m in data["models"]]
-    return header, sorted(rows, key=lambda r: -r[1])
+    rows = [[m["name"], *(None if v is None or np.isnan(v) else round(v, 2) for v in
+                          [m["miou"], m["pixel_acc"], m["class_acc"], m["boundary_f"]] +
+                          ([m["crf"]["miou"], m["crf"]["boundary_f"]] if crf else []))] for m in data["models"]]
+    return header, sorted(rows, key=lambda r: -(r[1] or 0))
 
 
 def class_table(data: dict) -> tuple[list[str], list[list]]:

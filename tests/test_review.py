@@ -248,3 +248,59 @@ def test_tab_reviews_an_uploaded_zip(tab_db, camvid_root, tmp_path):
             query("camvid", "val", str(bad), [FCN8S], False, 0)
     with pytest.raises(ValueError, match="select at least one model"):
         query("camvid", "val", None, [], False, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
+    import os
+    from pathlib import Path
+
+    from conftest import start_app
+    from segviz import records
+    from segviz.ui.compare import ready_names
+
+    if not Path("/usr/bin/chromium").exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium must be installed in CI (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    keep = [FCN8S, "deeplabv3_efficientnet_lite0.camvid"]
+    url, proc = start_app(SEGVIZ_CACHE=str(tmp_path / "cache"))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                        args=["--no-sandbox", "--disable-background-networking",
+                                              "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Review").click()
+            page.wait_for_selector("#review-run")
+            for name in ready_names("camvid"):
+                if name not in keep:
+                    page.locator("#review-models").get_by_label(records.get(name).title, exact=True).uncheck()
+            page.fill("#review-limit input", "4")
+            page.click("#review-run")
+            page.wait_for_function("document.querySelectorAll('#review-gallery .thumbnail-item img').length == 4",
+                                   timeout=300_000)
+            board = page.inner_text("#review-leaderboard")
+            assert all(name in board for name in keep) and "pixel acc" in board
+            assert "4 images" in page.inner_text("#review-summary")
+            captions = page.eval_on_selector_all("#review-gallery .thumbnail-item img", "els => els.map(e => e.alt)")
+            scores = [float(c.split(" · ")[1].split()[0]) for c in captions]
+            assert scores == sorted(scores)  # worst frame first
+            page.eval_on_selector_all("img", "els => els.forEach(e => { e.loading = 'eager'; })")
+            page.wait_for_function("[...document.querySelectorAll('#review-gallery img')]"
+                                   ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
+            shot = Path(os.environ.get("SEGVIZ_REVIEW_SCREENSHOT", tmp_path / "review.png"))
+            page.screenshot(path=str(shot), full_page=True)
+            # a frame clicked opens in Compare with its ground truth
+            page.locator("#review-gallery .thumbnail-item").first.click()
+            page.wait_for_selector("#input-image img", timeout=60_000)
+            assert page.get_by_role("tab", name="Compare", selected=True).count() == 1
+            assert ".png" in page.inner_text("#run >> xpath=ancestor::div[contains(@class, 'column')][1]")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
