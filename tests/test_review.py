@@ -304,3 +304,22 @@ def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.mark.slow
+def test_two_review_processes_on_one_database(camvid_root, tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "both.sqlite"
+    cmd = [sys.executable, "-m", "segviz", "review", "--data", str(camvid_root), "--limit", "3", "--models", FCN8S,
+           "--db", str(db), "--json"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1000:] for _, err in outs]
+    first, second = (json.loads(out) for out, _ in outs)
+    assert first["models"] == second["models"] and first["images"] == second["images"] == 3
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 3
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
