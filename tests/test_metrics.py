@@ -107,3 +107,11 @@ def test_boundary_pixels_on_ignored_truth_do_not_count():
     p[:, 90:] = 1  # an edge inside the ignored region: not counted
     counts = boundary_counts(p, t, ignore_index=11)
     assert counts.tolist() == [300, 300, 300, 300]
+
+
+def test_outlines_are_drawn_on_region_borders_only():
+    from segviz.viz import outlines
+
+    image = np.zeros((10, 10, 3), np.uint8)
+    drawn = outlines(image, _halves()).any(2)
+    assert drawn[:, 4].all() and drawn[:, 5].all() and not drawn[2:8, 1:3].any() and not drawn[2:8, 7:9].any()

@@ -294,7 +294,7 @@ def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
             page.locator("#review-gallery .thumbnail-item").first.click()
             page.wait_for_selector("#input-image img", timeout=60_000)
             assert page.get_by_role("tab", name="Compare", selected=True).count() == 1
-            assert ".png" in page.inner_text("#run >> xpath=ancestor::div[contains(@class, 'column')][1]")
+            page.wait_for_function("document.querySelector('#ground-truth').innerText.includes('.png')", timeout=60_000)
             browser.close()
     finally:
         proc.terminate()

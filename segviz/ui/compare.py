@@ -229,7 +229,7 @@ def build_tab(gr, user_error):
                     cancel = gr.Button("Cancel", elem_id="cancel")
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
                 gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel)", file_types=[".png"],
-                             type="filepath")
+                             type="filepath", elem_id="ground-truth")
                 crf_controls = crf_panel(gr)
             with gr.Column(scale=2):
                 notes = gr.Markdown(elem_id="notes")
