@@ -18,7 +18,7 @@ FCN8S = "fcn8s_efficientnet_lite0.camvid"
 
 @pytest.fixture(scope="module")
 def reviewed(camvid_root, tmp_path_factory):
-    """Two val frames with FCN-8s: a run cancelled after the first frame, then the CLI resuming it."""
+    """Two val frames with FCN-8s, with and without the CRF: a run cancelled after the first frame, then resumed."""
     db = tmp_path_factory.mktemp("review") / "review.sqlite"
     asked = []
 
@@ -26,11 +26,14 @@ def reviewed(camvid_root, tmp_path_factory):
         asked.append(1)
         return len(asked) > 1
 
+    from segviz.crf import AVAILABLE, CRFParams
+
+    crf = CRFParams() if AVAILABLE else None  # one forward per frame serves the rows with and without the CRF
     store = review.Store(db)
     source = review.camvid_source(camvid_root, "val", 2)
     with pytest.raises(review.Cancelled, match="after 1 of 2 images"):
-        review.run(source, [FCN8S], store, cancelled=cancel_after_one)
-    resumed = review.run(source, [FCN8S], store)
+        review.run(source, [FCN8S], store, crf, cancelled=cancel_after_one)
+    resumed = review.run(source, [FCN8S], store, crf)
     out = db.parent / "scores.csv"
     args = ["review", "--data", str(camvid_root), "--limit", "2", "--models", FCN8S, "--db", str(db), "--json",
             "--csv", str(out)]
@@ -46,13 +49,13 @@ def _cli(capsys, args):
 
 def test_an_interrupted_run_resumes_and_a_rerun_computes_nothing(reviewed, capsys):
     db, args, _, resumed = reviewed
-    assert resumed.computed == 1 and len(resumed.items) == 2
+    assert resumed.computed == len(resumed.variants()) and len(resumed.items) == 2  # the second frame's rows
     code, out, _ = _cli(capsys, args)
     again = json.loads(out)
     assert code == 0 and again["images"] == 2 and again["computed_rows"] == 0
     assert again["models"][0]["miou"] == review.to_json(resumed)["models"][0]["miou"]
     with sqlite3.connect(db) as con:
-        assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 2
+        assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 2 * len(resumed.variants())
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -318,3 +321,21 @@ def test_two_review_processes_on_one_database(camvid_root, tmp_path):
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 3
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_scores_with_and_without_the_crf(reviewed, camvid_root):
+    db, _, _, resumed = reviewed
+    if resumed.crf is None:
+        pytest.skip("pydensecrf is not installed")
+    data = review.to_json(resumed)["models"][0]
+    plain, refined = resumed.prediction(FCN8S, False, 0), resumed.prediction(FCN8S, True, 0)
+    assert 0 < (plain != refined).mean() < 0.2  # the CRF moves some pixels, mostly along edges
+    assert data["crf"]["miou"] != data["miou"] and len(data["crf"]["trimap"]["miou"]) == 10
+    assert 0 < data["crf"]["boundary_f"] < 100
+    # the rows without the CRF are the same ones a run without it reads
+    store = review.Store(db)
+    try:
+        without = review.run(review.camvid_source(camvid_root, "val", 2), [FCN8S], store)
+        assert without.computed == 0 and review.to_json(without)["models"][0]["miou"] == data["miou"]
+    finally:
+        store.close()
