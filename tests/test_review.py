@@ -252,6 +252,7 @@ def test_tab_reviews_an_uploaded_zip(tab_db, camvid_root, tmp_path):
 @pytest.mark.browser
 def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
     import os
+    import time
     from pathlib import Path
 
     from conftest import start_app
@@ -298,6 +299,24 @@ def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
             page.wait_for_selector("#input-image img", timeout=60_000)
             assert page.get_by_role("tab", name="Compare", selected=True).count() == 1
             page.wait_for_function("document.querySelector('#ground-truth').innerText.includes('.png')", timeout=60_000)
+            # Cancel stops a long run after the frame in hand; what finished stays in the database
+            page.get_by_role("tab", name="Review").click()
+            page.fill("#review-limit input", "0")
+            page.click("#review-run")
+            db = tmp_path / "cache" / "review.sqlite"
+
+            def rows():
+                with sqlite3.connect(db) as con:
+                    return con.execute("SELECT count(*) FROM results").fetchone()[0]
+
+            deadline = time.time() + 120
+            while rows() < 2 * 4 + 2 and time.time() < deadline:  # a new frame stored: the run is under way
+                time.sleep(0.5)
+            page.click("#review-cancel")
+            time.sleep(15)  # the frame in hand finishes
+            stopped = rows()
+            time.sleep(10)
+            assert rows() == stopped < 2 * 101
             browser.close()
     finally:
         proc.terminate()
