@@ -5,6 +5,7 @@ clicked opens in Compare with its ground truth.
 The handlers are plain functions; only ``build_tab`` touches gradio. Each handler reopens the review
 from its database (the rows are there after the first run: reading them back takes milliseconds).
 """
+import os
 import tempfile
 import threading
 import zipfile
@@ -55,11 +56,15 @@ def unpack(upload: str) -> tuple[str, str]:
                 folders.setdefault(parts[-2], []).append(m)
         if set(folders) != {"images", "labels"}:
             raise ValueError("the zip needs a folder images/ and a folder labels/ (label PNGs with the images' stems)")
-        dest = Path(tempfile.mkdtemp(prefix="segviz-review-"))
+        # one folder per distinct upload (a second run of the same zip reuses it), each file written atomically
+        dest = Path(tempfile.gettempdir()) / "segviz-review" / review.sha256_of(upload)[:16]
         for kind, entries in folders.items():
-            (dest / kind).mkdir()
+            (dest / kind).mkdir(parents=True, exist_ok=True)
             for m in entries:
-                (dest / kind / Path(m.filename).name).write_bytes(archive.read(m))
+                fd, part = tempfile.mkstemp(dir=dest / kind)
+                with open(fd, "wb") as f:
+                    f.write(archive.read(m))
+                os.replace(part, dest / kind / Path(m.filename).name)
     return str(dest / "images"), str(dest / "labels")
 
 
