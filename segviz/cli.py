@@ -207,8 +207,10 @@ def cmd_review(args) -> int:
         raise ValueError("--images and --labels go together (a folder of images and one of label PNGs)")
     if args.images is not None:
         source = review.folder_source(args.images, args.labels, args.set, args.limit)
-    elif args.set != "camvid":
-        raise ValueError(f"--set {args.set} reads a folder: pass --images DIR --labels DIR")
+    elif args.set == "voc":
+        if args.data is None:
+            raise ValueError("--set voc reads --data DIR (VOC 2012's devkit layout) or --images DIR --labels DIR")
+        source = review.voc_source(args.data, args.split, args.limit)
     else:
         source = review.camvid_source(args.data, args.split, args.limit)
     crf = None
@@ -461,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     rv = sub.add_parser("review", help="every model on every image of a labelled set, stored in a database: scores, "
                                        "boundary quality, CSV and HTML report")
     rv.add_argument("--set", default="camvid", choices=["camvid", "voc"], help="the label set (default camvid)")
-    rv.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid)")
+    rv.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid); "
+                                                 "with --set voc, VOC2012's folder (JPEGImages, SegmentationClass, ...)")
     rv.add_argument("--split", default="val", help="val, train, trainval, seq:SEQ or noseq:SEQ")
     rv.add_argument("--images", default=None, help="a folder of images (instead of --data/--split) ...")
     rv.add_argument("--labels", default=None, help="... and one of label PNGs with the same file stems")

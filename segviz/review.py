@@ -69,6 +69,25 @@ def camvid_source(data=None, split: str = "val", limit: int | None = None) -> So
     return Source("camvid", f"camvid {split}", [Item(i.name, i, t) for i, t in pairs])
 
 
+def voc_source(data, split: str = "val", limit: int | None = None) -> Source:
+    """A PASCAL VOC 2012 split in the devkit's layout: ``ImageSets/Segmentation/<split>.txt`` lists the ids,
+    ``JPEGImages/<id>.jpg`` and ``SegmentationClass/<id>.png`` (255: ignore) are the pairs; listed ids
+    with a file missing are skipped."""
+    root = Path(data)
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.exists():
+        raise FileNotFoundError(f"{listing} is missing: {root} is not a VOC 2012 folder with a split {split!r}")
+    items, skipped = [], []
+    for name in listing.read_text().split()[:limit]:
+        image, label = root / "JPEGImages" / f"{name}.jpg", root / "SegmentationClass" / f"{name}.png"
+        if image.exists() and label.exists():
+            items.append(Item(image.name, image, label))
+        else:
+            skipped.append((f"{name}", f"{'JPEGImages' if not image.exists() else 'SegmentationClass'} has no file "
+                                       f"for it"))
+    return Source("voc", f"voc {split}", items, skipped)
+
+
 def folder_source(images, labels, dataset: str = "camvid", limit: int | None = None) -> Source:
     """A folder of images and a folder of label PNGs (one class id per pixel) paired by file stem;
     files without a partner are listed as skipped."""

@@ -132,7 +132,7 @@ def test_bad_data_is_listed_and_skipped(reviewed, capsys, camvid_root, tmp_path)
 def test_bad_arguments_are_one_line_errors(capsys, tmp_path, camvid_root):
     for args, words in ((["--images", str(tmp_path)], "go together"),
                         (["--models", "fcn9s"], "no trained model"),
-                        (["--set", "voc"], "--images DIR --labels DIR"),
+                        (["--set", "voc", "--data", str(tmp_path)], "not a VOC 2012 folder"),
                         (["--split", "seq:nowhere"], "unknown sequence"),
                         (["--models", "deeplabv3_mnv2.voc"], "")):
         code, out, err = _cli(capsys, ["review", "--data", str(camvid_root), "--db", str(tmp_path / "x.sqlite"), *args])
@@ -358,3 +358,25 @@ def test_scores_with_and_without_the_crf(reviewed, camvid_root):
         assert without.computed == 0 and review.to_json(without)["models"][0]["miou"] == data["miou"]
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_voc_devkit_layout_with_the_coral_model(tmp_path, capsys):
+    from conftest import CORAL
+
+    if not (CORAL / "deeplabv3_mnv2_dm05_pascal_quant.tflite").exists():
+        pytest.skip("the Coral model is not in ../shared")
+    root = tmp_path / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    # Coral's published test image and its mask (VOC ids)
+    Image.open(CORAL / "bird_segmentation.bmp").convert("RGB").save(root / "JPEGImages" / "bird.jpg", quality=95)
+    Image.open(CORAL / "bird_segmentation_mask.bmp").save(root / "SegmentationClass" / "bird.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("bird\nmissing\n")
+    code, out, _ = _cli(capsys, ["review", "--set", "voc", "--data", str(root), "--models", "deeplabv3_mnv2_dm05.voc",
+                                 "--db", str(tmp_path / "voc.sqlite"), "--json"])
+    data = json.loads(out)
+    assert code == 0 and data["set"] == "voc" and data["images"] == 1
+    assert [s["file"] for s in data["skipped"]] == ["missing"]
+    model = data["models"][0]
+    assert model["pixel_acc"] > 90 and model["per_class_iou"]["bird"] > 50
