@@ -294,6 +294,14 @@ def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
                                    ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
             shot = Path(os.environ.get("SEGVIZ_REVIEW_SCREENSHOT", tmp_path / "review.png"))
             page.screenshot(path=str(shot), full_page=True)
+            # ranked by disagreement between the two models instead: most disputed first
+            page.click("#review-rank input")
+            page.get_by_role("option", name="disagreement between the models").click()
+            page.wait_for_function("[...document.querySelectorAll('#review-gallery .thumbnail-item img')]"
+                                   ".every(e => e.alt.includes('disagreeing'))", timeout=60_000)
+            captions = page.eval_on_selector_all("#review-gallery .thumbnail-item img", "els => els.map(e => e.alt)")
+            shares = [float(c.split(" · ")[1].split()[0]) for c in captions]
+            assert len(shares) == 4 and shares == sorted(shares, reverse=True) and shares[0] > 0
             # a frame clicked opens in Compare with its ground truth
             page.locator("#review-gallery .thumbnail-item").first.click()
             page.wait_for_selector("#input-image img", timeout=60_000)
