@@ -189,8 +189,11 @@ class Store:
         return None if row is None else np.asarray(Image.open(io.BytesIO(row[0])))
 
 
-def settings_key(crf=None) -> str:
-    return json.dumps({"preprocessing": PREPROCESSING, "crf": crf.as_dict() if crf is not None else None},
+def settings_key(crf=None, backend: str | None = None) -> str:
+    """A row's settings: :data:`PREPROCESSING` (with the backend, when one is named instead of eval's
+    torch module) and the CRF's parameters."""
+    preprocessing = PREPROCESSING if backend is None else {**PREPROCESSING, "runner": backend}
+    return json.dumps({"preprocessing": preprocessing, "crf": crf.as_dict() if crf is not None else None},
                       sort_keys=True)
 
 
@@ -220,16 +223,18 @@ def load_pair(item: Item, labelset) -> tuple[np.ndarray, np.ndarray]:
     return prepared.image, gt
 
 
-def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict, hashes) -> list[tuple]:
-    """The rows of one model on one image for each settings key it lacks (one forward for all of them)."""
+def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict, hashes,
+          backend: str | None = None) -> list[tuple]:
+    """The rows of one model on one image for each settings key it lacks (one forward for all of them), on
+    eval's torch module or on ``backend``."""
     import torch
 
     from .crf import dense_crf
     from .evaluate import predict_logits
-    from .inference import load_model
+    from .inference import load_model, load_runner
 
-    model = load_model(record.name)
-    logits = predict_logits(model, image, next(model.parameters()).device)
+    model = load_model(record.name) if backend is None else load_runner(record.name, backend)
+    logits = predict_logits(model, image, model.device if backend else next(model.parameters()).device)
     labelset = record.labels
     out = []
     for key in keys:
@@ -246,19 +251,27 @@ def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict
     return out
 
 
-def choose_models(names, dataset: str) -> list:
-    """``all`` (every model of ``dataset`` whose weights are here) or a list of names, checked."""
+def choose_models(names, dataset: str, backend: str | None = None) -> list:
+    """``all`` (every model of ``dataset`` whose weights are here) or a list of names, checked (with
+    ``backend``: it is installed, and the models are ones trained here, which every backend can run)."""
     from .compare import resolve
 
     if names in (None, "all", ["all"]):
         chosen = [r for r in records.records(dataset) if r.missing() is None]
         if not chosen:
             raise ValueError(f"no model of the {dataset} set has its weights on this machine")
-        return chosen
-    chosen = resolve(list(names))
-    if chosen[0].dataset.name != dataset:
-        raise ValueError(f"{chosen[0].name} predicts {chosen[0].dataset.name} labels but the images are "
-                         f"labelled for {dataset}; pass --set {chosen[0].dataset.name} or other models")
+    else:
+        chosen = resolve(list(names))
+        if chosen[0].dataset.name != dataset:
+            raise ValueError(f"{chosen[0].name} predicts {chosen[0].dataset.name} labels but the images are "
+                             f"labelled for {dataset}; pass --set {chosen[0].dataset.name} or other models")
+    if backend is not None:
+        from .backends import missing
+
+        why = missing(backend) or next((f"{r.name} runs on torch only (a backend applies to the models trained "
+                                        f"here)" for r in chosen if not r.trained_here), None)
+        if why:
+            raise ValueError(why)
     return chosen
 
 
@@ -274,9 +287,10 @@ class Review:
     per_image: dict = field(default_factory=dict)  # (model, with_crf) -> [(cm, trimap, boundary) per item]
     computed: int = 0  # rows computed by this run (the rest came from the database)
     store: Store | None = None
+    backend: str | None = None  # None: eval's torch module
 
     def settings(self, with_crf: bool) -> str:
-        return settings_key(self.crf if with_crf else None)
+        return settings_key(self.crf if with_crf else None, self.backend)
 
     def variants(self) -> list[bool]:
         return [False, True] if self.crf is not None else [False]
@@ -287,13 +301,13 @@ class Review:
         return self.store.prediction(model, record.sha256, self.settings(with_crf), image, label)
 
 
-def plan(source: Source, models: list, store: Store, crf=None, skipped=None) -> tuple[list, list, list]:
+def plan(source: Source, models: list, store: Store, crf=None, skipped=None, backend=None) -> tuple[list, list, list]:
     """Hash the images and drop those known to be bad: (items with their sha256s, skipped, pending), where
     pending lists (index into items, [(model, settings) rows the database lacks]) per image."""
     skipped = list(source.skipped) if skipped is None else skipped
     hashed = _hash_items(source, skipped)
-    keys = [settings_key(None)] + ([settings_key(crf)] if crf is not None else [])
-    known_bad = store.bad(keys[0])
+    keys = [settings_key(None, backend)] + ([settings_key(crf, backend)] if crf is not None else [])
+    known_bad = store.bad(settings_key(None))
     items = []
     for entry in hashed:
         why = known_bad.get(entry[1:])
@@ -311,12 +325,12 @@ def plan(source: Source, models: list, store: Store, crf=None, skipped=None) -> 
 
 
 def compute(items, pending: list, models: list, put, crf, labelset, skipped: list,
-            progress=None, cancelled=None) -> int:
+            progress=None, cancelled=None, backend=None) -> int:
     """Compute the pending rows and hand each image's to ``put(rows, bad)`` (:meth:`Store.put`: one
     transaction per image). ``progress(done, total, text)`` is told after each image; ``cancelled()`` is
     asked before each image and, if true, :class:`Cancelled` is raised."""
     by_name = {r.name: r for r in models}
-    crfs = {settings_key(None): None, **({settings_key(crf): crf} if crf is not None else {})}
+    crfs = {settings_key(None, backend): None, **({settings_key(crf, backend): crf} if crf is not None else {})}
     plain = settings_key(None)
     computed = 0
     for n, (i, lacking) in enumerate(pending):
@@ -332,7 +346,7 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
         rows = []
         for name in dict.fromkeys(m for m, _ in lacking):
             keys = [k for m, k in lacking if m == name]
-            rows += _rows(by_name[name], image, gt, keys, crfs, (image_sha, label_sha))
+            rows += _rows(by_name[name], image, gt, keys, crfs, (image_sha, label_sha), backend)
         put(rows, [])
         computed += len(rows)
         if progress is not None:
@@ -350,17 +364,19 @@ def collect(review: Review) -> Review:
     return review
 
 
-def run(source: Source, names="all", store: Store | None = None, crf=None, progress=None, cancelled=None) -> Review:
+def run(source: Source, names="all", store: Store | None = None, crf=None, progress=None, cancelled=None,
+        backend: str | None = None) -> Review:
     """Review ``source`` with the models ``names`` (``all`` or record names), with and (given ``crf``)
-    without the dense CRF; compute what ``store`` lacks, then read everything back."""
+    without the dense CRF, on eval's torch module or on ``backend`` (:mod:`segviz.backends`); compute what
+    ``store`` lacks, then read everything back."""
     store = store or Store()
-    models = choose_models(names, source.dataset)
-    items, skipped, pending = plan(source, models, store, crf)
-    computed = compute(items, pending, models, store.put, crf, source.labels, skipped, progress, cancelled)
-    return collect(Review(source, models, crf, items, skipped, computed=computed, store=store))
+    models = choose_models(names, source.dataset, backend)
+    items, skipped, pending = plan(source, models, store, crf, backend=backend)
+    computed = compute(items, pending, models, store.put, crf, source.labels, skipped, progress, cancelled, backend)
+    return collect(Review(source, models, crf, items, skipped, computed=computed, store=store, backend=backend))
 
 
-def run_sharded(source: Source, names="all", db=None, crf=None, progress=None) -> Review | None:
+def run_sharded(source: Source, names="all", db=None, crf=None, progress=None, backend=None) -> Review | None:
     """:func:`run` across the processes of ``torchrun``: rank 0 plans what the database ``db`` lacks and
     stores its own share as it goes; every other rank computes every world-size-th pending image and sends
     its rows to rank 0 (gloo, so machines need no shared disk), which stores them. Returns the review on
@@ -371,10 +387,10 @@ def run_sharded(source: Source, names="all", db=None, crf=None, progress=None) -
     store = None
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        models = choose_models(names, source.dataset)
+        models = choose_models(names, source.dataset, backend)
         if rank == 0:
             store = Store(db)
-            shared = list(plan(source, models, store, crf))
+            shared = list(plan(source, models, store, crf, backend=backend))
         else:
             shared = [None, None, None]
         dist.broadcast_object_list(shared, src=0)
@@ -385,7 +401,7 @@ def run_sharded(source: Source, names="all", db=None, crf=None, progress=None) -
             mine[0].extend(rows), mine[1].extend(bad)
 
         computed = compute(items, pending[rank::world], models, store.put if rank == 0 else keep, crf,
-                           source.labels, own_skipped, progress)
+                           source.labels, own_skipped, progress, backend=backend)
         gathered = [None] * world if rank == 0 else None
         dist.gather_object((mine, own_skipped), gathered, dst=0)
         if rank != 0:
@@ -394,7 +410,8 @@ def run_sharded(source: Source, names="all", db=None, crf=None, progress=None) -
             store.put(rows, bad)
             computed += len(rows)
             skipped += their_skipped
-        return collect(Review(source, models, crf, items, skipped + own_skipped, computed=computed, store=store))
+        return collect(Review(source, models, crf, items, skipped + own_skipped, computed=computed, store=store,
+                              backend=backend))
     finally:
         dist.destroy_process_group()
 

@@ -388,3 +388,27 @@ def test_voc_devkit_layout_with_the_coral_model(tmp_path, capsys):
     assert [s["file"] for s in data["skipped"]] == ["missing"]
     model = data["models"][0]
     assert model["pixel_acc"] > 90 and model["per_class_iou"]["bird"] > 50
+
+
+def test_a_backend_is_checked_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown backend"):
+        review.choose_models([FCN8S], "camvid", "tensorrt")
+    assert review.settings_key(None, "openvino") != review.settings_key(None)  # its rows are its own
+
+
+@pytest.mark.slow
+def test_review_on_openvino_agrees_with_eval(reviewed, camvid_root):
+    from segviz.backends import missing
+
+    if missing("openvino"):
+        pytest.skip(missing("openvino"))
+    db, _, _, resumed = reviewed
+    store = review.Store(db)
+    try:
+        fast = review.run(review.camvid_source(camvid_root, "val", 2), [FCN8S], store, backend="openvino")
+        assert fast.computed == 2  # rows of their own, beside the torch module's
+        for i in range(2):
+            agree = (fast.prediction(FCN8S, False, i) == resumed.prediction(FCN8S, False, i)).mean()
+            assert agree >= 0.999, agree
+    finally:
+        store.close()
