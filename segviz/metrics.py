@@ -62,8 +62,16 @@ def distance_to(mask: np.ndarray) -> np.ndarray:
 def trimap_confusion(pred: np.ndarray, target: np.ndarray, num_classes: int, bands=BANDS) -> np.ndarray:
     """(len(bands), C, C): the confusion matrix of the pixels closer than each band width to a
     ground-truth boundary (:func:`boundaries` of ``target``, ignore label included)."""
-    near = distance_to(boundaries(target))
-    return np.stack([confusion_matrix(pred[near < w], target[near < w], num_classes) for w in bands])
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    # each pixel's narrowest band (len(bands): in none); one count per (band, truth, prediction), then
+    # accumulated outwards, since every band holds the narrower ones
+    ring = np.searchsorted(np.asarray(bands, np.float32), distance_to(boundaries(target)), side="right")
+    valid = (target >= 0) & (target < num_classes) & (ring < len(bands))
+    idx = (ring[valid] * num_classes + target[valid].astype(np.int64)) * num_classes + pred[valid].astype(np.int64)
+    counts = np.bincount(idx, minlength=len(bands) * num_classes ** 2).reshape(len(bands), num_classes, num_classes)
+    return np.cumsum(counts, axis=0)
 
 
 def boundary_counts(pred: np.ndarray, target: np.ndarray, ignore_index: int,
