@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -195,6 +196,75 @@ def cmd_eval(args) -> int:
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
     print(f"  mIoU {result['miou']:.2f}  pixel acc {result['pixel_acc']:.2f}  class acc {result['class_acc']:.2f}")
+    return 0
+
+
+def cmd_review(args) -> int:
+    from tqdm import tqdm
+
+    from . import review
+
+    if (args.images is None) != (args.labels is None):
+        raise ValueError("--images and --labels go together (a folder of images and one of label PNGs)")
+    if args.images is not None:
+        source = review.folder_source(args.images, args.labels, args.set, args.limit)
+    elif args.set == "voc":
+        if args.data is None:
+            raise ValueError("--set voc reads --data DIR (VOC 2012's devkit layout) or --images DIR --labels DIR")
+        source = review.voc_source(args.data, args.split, args.limit)
+    else:
+        source = review.camvid_source(args.data, args.split, args.limit)
+    crf = None
+    if args.crf:
+        from .crf import AVAILABLE, INSTALL_HINT, CRFParams
+
+        if not AVAILABLE:
+            raise ValueError(INSTALL_HINT)
+        crf = CRFParams()
+    names = "all" if args.models == "all" else [n for n in args.models.split(",") if n]
+    bars = []
+
+    def progress(done, total, name):
+        if not bars:
+            quiet = args.quiet or args.json or os.environ.get("RANK", "0") != "0"
+            bars.append(tqdm(desc="review", unit="image", total=total, disable=quiet))
+        bars[0].update(done - bars[0].n)
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the images are sharded, rank 0 stores and reports
+        result = review.run_sharded(source, names, args.db, crf, progress, args.backend)
+    else:
+        result = review.run(source, names, review.Store(args.db), crf, progress, backend=args.backend)
+    if result is None:
+        return 0
+    store = result.store
+    try:
+        for bar in bars:
+            bar.close()
+        for name, why in result.skipped:
+            print(f"skipped {name}: {why}", file=sys.stderr)
+        if args.csv:
+            review.write_csv(result, args.csv)
+        if args.report:
+            from .review_report import write_report
+
+            write_report(result, args.report)
+        data = review.to_json(result)
+    finally:
+        store.close()
+    if args.json:
+        for m in data["models"]:
+            del m["confusion_matrix"]
+            m.get("crf", {}).pop("confusion_matrix", None)
+        print(json.dumps(data, indent=1))
+        return 0
+    print(f"{source.title}: {data['images']} images, {len(data['skipped'])} skipped, {data['computed_rows']} "
+          f"predictions computed (the rest from {store.path})")
+    print(f"{'model':40} {'mIoU':>6} {'pix acc':>7} {'BF':>6}" + (f" {'CRF mIoU':>8} {'CRF BF':>6}" if crf else ""))
+    for m in data["models"]:
+        line = f"{m['name']:40} {m['miou']:6.2f} {m['pixel_acc']:7.2f} {m['boundary_f'] or float('nan'):6.2f}"
+        if crf:
+            line += f" {m['crf']['miou']:8.2f} {m['crf']['boundary_f'] or float('nan'):6.2f}"
+        print(line)
     return 0
 
 
@@ -395,6 +465,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    rv = sub.add_parser("review", help="every model on every image of a labelled set, stored in a database: scores, "
+                                       "boundary quality, CSV and HTML report")
+    rv.add_argument("--set", default="camvid", choices=["camvid", "voc"], help="the label set (default camvid)")
+    rv.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid); "
+                                                 "with --set voc, VOC2012's folder (JPEGImages, SegmentationClass, ...)")
+    rv.add_argument("--split", default="val", help="val, train, trainval, seq:SEQ or noseq:SEQ")
+    rv.add_argument("--images", default=None, help="a folder of images (instead of --data/--split) ...")
+    rv.add_argument("--labels", default=None, help="... and one of label PNGs with the same file stems")
+    rv.add_argument("--models", default="all", help="all (every model of the set here) or NAME,NAME")
+    rv.add_argument("--db", default=None, help="the database (default: ~/.cache/segviz/review.sqlite)")
+    rv.add_argument("--crf", action="store_true", help="also score every model after the dense CRF (default parameters)")
+    rv.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
+    rv.add_argument("--backend", default=None, choices=["torch", "torch-channels-last", "openvino", "onnxruntime"],
+                    help="run the models on this backend (default: as segviz eval does, the torch module; the "
+                         "converted backends are faster and agree with it on >= 99.9%% of pixels)")
+    rv.add_argument("--csv", default=None, help="write per-image scores to this CSV file")
+    rv.add_argument("--report", default=None, help="write a self-contained HTML report to this file")
+    rv.add_argument("--json", action="store_true")
+    rv.add_argument("--quiet", action="store_true", help="no progress bar")
+    rv.set_defaults(func=cmd_review)
 
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
     w.add_argument("action", choices=["list", "bundle", "heldout", "download"],

@@ -32,3 +32,72 @@ def scores(cm: np.ndarray, class_names=None) -> dict:
         "class_acc": float(np.nanmean(acc) * 100) if np.isfinite(acc).any() else float("nan"),
         "per_class_iou": {n: (None if np.isnan(v) else round(float(v) * 100, 2)) for n, v in zip(names, iou)},
     }
+
+
+# --------------------------------------------------------------------------- boundaries
+# Trimap band widths (px): accuracy and mIoU of the pixels this close to a ground-truth boundary, as the
+# DeepLab papers plot them to show what the dense CRF fixes.
+BANDS = (1, 2, 3, 5, 8, 12, 16, 20, 30, 40)
+BF_TOLERANCE = 0.0075  # boundary F-score tolerance, a fraction of the image diagonal (Csurka et al., BMVC 2013)
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels with a 4-neighbour of another label (both sides of every edge)."""
+    import cv2
+
+    labels = np.ascontiguousarray(labels, np.uint8)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    return cv2.dilate(labels, cross) != cv2.erode(labels, cross)
+
+
+def distance_to(mask: np.ndarray) -> np.ndarray:
+    """(H, W) float32: each pixel's Euclidean distance to the nearest True pixel of ``mask`` (inf without any)."""
+    import cv2
+
+    if not mask.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    return cv2.distanceTransform(np.where(mask, 0, 255).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def trimap_confusion(pred: np.ndarray, target: np.ndarray, num_classes: int, bands=BANDS) -> np.ndarray:
+    """(len(bands), C, C): the confusion matrix of the pixels closer than each band width to a
+    ground-truth boundary (:func:`boundaries` of ``target``, ignore label included)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    # each pixel's narrowest band (len(bands): in none); one count per (band, truth, prediction), then
+    # accumulated outwards, since every band holds the narrower ones
+    ring = np.searchsorted(np.asarray(bands, np.float32), distance_to(boundaries(target)), side="right")
+    valid = (target >= 0) & (target < num_classes) & (ring < len(bands))
+    idx = (ring[valid] * num_classes + target[valid].astype(np.int64)) * num_classes + pred[valid].astype(np.int64)
+    counts = np.bincount(idx, minlength=len(bands) * num_classes ** 2).reshape(len(bands), num_classes, num_classes)
+    return np.cumsum(counts, axis=0)
+
+
+def boundary_counts(pred: np.ndarray, target: np.ndarray, ignore_index: int,
+                    tolerance: float = BF_TOLERANCE) -> np.ndarray:
+    """[predicted boundary pixels near a true one, predicted boundary pixels, true boundary pixels near
+    a predicted one, true boundary pixels] (int64); "near" is within ``tolerance`` x the image diagonal,
+    and pixels whose truth is ignored count on neither side. Sum them over images for
+    :func:`boundary_fscore`."""
+    valid = target != ignore_index
+    theta = tolerance * float(np.hypot(*target.shape))
+    bp, bt = boundaries(pred) & valid, boundaries(target) & valid
+    return np.array([(distance_to(bt)[bp] <= theta).sum(), bp.sum(), (distance_to(bp)[bt] <= theta).sum(), bt.sum()],
+                    np.int64)
+
+
+def boundary_fscore(counts: np.ndarray) -> float:
+    """Boundary F-score (%) from :func:`boundary_counts`; NaN when neither side has a boundary."""
+    matched_pred, pred, matched_true, true = (float(v) for v in counts)
+    precision = matched_pred / pred if pred else float("nan")
+    recall = matched_true / true if true else float("nan")
+    if not (precision + recall > 0):
+        return 0.0 if pred or true else float("nan")
+    return 200 * precision * recall / (precision + recall)
+
+
+def trimap_scores(band_cms: np.ndarray) -> dict:
+    """Per band: pixel accuracy and mIoU (%) from :func:`trimap_confusion` matrices (summed over images)."""
+    per_band = [scores(cm) for cm in band_cms]
+    return {"accuracy": [round(s["pixel_acc"], 2) for s in per_band], "miou": [round(s["miou"], 2) for s in per_band]}

@@ -374,3 +374,65 @@ def coverage_figure(coverage: np.ndarray, rates: list[int], kernel: int = 3):
     fig.colorbar(im, ax=ax, fraction=0.046, label="paths reaching the pixel (dark = never touched)")
     fig.tight_layout()
     return fig
+
+
+def outlines(image: np.ndarray, labels: np.ndarray, color=(255, 255, 255), thickness: int = 1) -> np.ndarray:
+    """``image`` with the outline of every region of ``labels`` drawn over it (OpenCV contours)."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    for value in np.unique(labels):
+        mask = (labels == value).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, color, thickness)
+    return out
+
+
+def trimap_figure(bands: list[int], curves: dict[str, list[float]], ylabel: str = "mIoU (%)"):
+    """One line per curve (name -> value per band): the score of the pixels within each band width of a
+    ground-truth boundary; names ending in "+ CRF" are dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    colors = plt.get_cmap("tab20").colors
+    plain = [n for n in curves if not n.endswith("+ CRF")]
+    for name, values in curves.items():
+        base = name.removesuffix(" + CRF")
+        ax.plot(bands, values, marker=".", linestyle="--" if name != base else "-",
+                color=colors[plain.index(base) % len(colors)] if base in plain else None, label=name)
+    ax.set_xlabel("band width around ground-truth boundaries (px)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Trimap: scores near object boundaries")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, classes, title: str):
+    """A confusion matrix normalised per true class (rows sum to 100%), with class names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1) * 100
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.42 * n, 1.8 + 0.4 * n), dpi=100)
+    ax.imshow(norm, vmin=0, vmax=100, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            if norm[i, j] >= 0.5:
+                ax.text(j, i, f"{norm[i, j]:.0f}", ha="center", va="center", fontsize=6.5,
+                        color="white" if norm[i, j] > 50 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -49,3 +49,69 @@ def test_a_class_predicted_but_absent_counts_as_zero():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+
+
+# --------------------------------------------------------------------------- boundaries and trimaps
+from segviz.metrics import boundaries, boundary_counts, boundary_fscore, distance_to, trimap_confusion  # noqa: E402
+
+
+def _halves(width=10, edge=5):
+    """A 10x10 map: class 0 left of column ``edge``, class 1 from it on."""
+    t = np.zeros((10, width), np.uint8)
+    t[:, edge:] = 1
+    return t
+
+
+def test_boundary_is_both_sides_of_an_edge():
+    b = boundaries(_halves())
+    assert b[:, 4].all() and b[:, 5].all() and b.sum() == 20
+
+
+def test_distance_to_a_boundary_is_euclidean_pixels():
+    d = distance_to(boundaries(_halves()))
+    assert d[0, 4] == 0 and d[0, 0] == pytest.approx(4) and d[0, 9] == pytest.approx(4)
+    assert np.isinf(distance_to(np.zeros((3, 3), bool))).all()
+
+
+def test_trimap_bands_count_the_pixels_near_the_edge():
+    t = _halves()
+    p = np.ones_like(t)  # wrong on the whole left half
+    bands = trimap_confusion(p, t, 2, bands=(1, 2, 100))
+    # band 1: the two edge columns (20 px, 10 of class 0 wrong); band 2: four columns; band 100: everything
+    assert bands[0].tolist() == [[0, 10], [0, 10]]
+    assert bands[1].tolist() == [[0, 20], [0, 20]]
+    assert bands[2].tolist() == [[0, 50], [0, 50]]
+
+
+def test_boundary_fscore_within_the_tolerance():
+    t = _halves(width=100, edge=50)
+    t = np.repeat(t, 10, axis=0)  # 100x100: diagonal 141 px, tolerance 1.06 px at 0.75%
+    same = boundary_counts(t, t, ignore_index=11)
+    assert boundary_fscore(same) == 100
+    near = boundary_counts(_halves(100, 51).repeat(10, axis=0), t, ignore_index=11)  # edge 1 px off: within tolerance
+    far = boundary_counts(_halves(100, 55).repeat(10, axis=0), t, ignore_index=11)  # 5 px off: beyond it
+    assert boundary_fscore(near) == 100 and boundary_fscore(far) == 0
+    # an extra edge doubles the predicted boundary: precision 1/2, recall 1 -> F = 2/3
+    extra = t.copy()
+    extra[:, 80:] = 0
+    assert boundary_fscore(boundary_counts(extra, t, ignore_index=11)) == pytest.approx(200 / 3)
+
+
+def test_boundary_pixels_on_ignored_truth_do_not_count():
+    # An edge with the ignore label is a truth boundary on its labelled side (VOC outlines objects with
+    # ignore bands); boundary pixels on ignored truth count on neither side.
+    t = _halves(width=100, edge=50).repeat(10, axis=0)
+    t[:, 70:] = 11
+    p = t.copy()
+    p[:, 70:] = 0
+    p[:, 90:] = 1  # an edge inside the ignored region: not counted
+    counts = boundary_counts(p, t, ignore_index=11)
+    assert counts.tolist() == [300, 300, 300, 300]
+
+
+def test_outlines_are_drawn_on_region_borders_only():
+    from segviz.viz import outlines
+
+    image = np.zeros((10, 10, 3), np.uint8)
+    drawn = outlines(image, _halves()).any(2)
+    assert drawn[:, 4].all() and drawn[:, 5].all() and not drawn[2:8, 1:3].any() and not drawn[2:8, 7:9].any()

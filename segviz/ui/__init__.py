@@ -106,18 +106,20 @@ def gallery_files(items):
 def build():
     import gradio as gr
 
-    from . import compare, dilation, models, receptive_field
+    from . import compare, dilation, models, receptive_field, review
 
     with gr.Blocks(title="segviz: semantic segmentation, side by side", analytics_enabled=False,
                    delete_cache=(max(60, KEEP_OUTPUTS_S // 4), KEEP_OUTPUTS_S)) as demo:
         gr.Markdown("# segviz\nThe classic semantic-segmentation architectures, side by side. " + device_line(),
                     elem_id="header")
-        with gr.Tabs():
-            narrow, model_set, outputs = compare.build_tab(gr, user_error)
+        with gr.Tabs() as tabs:
+            narrow, model_set, outputs, compare_inputs = compare.build_tab(gr, user_error)
             rf_narrow, rf_set, rf_outputs = receptive_field.build_tab(gr, user_error)
+            review_narrow, review_set, review_models = review.build_tab(gr, user_error, tabs, compare_inputs)
             dilation.build_tab(gr, user_error)
             models.build_tab(gr)
         # Each page shows one set's models; an API client may name any ready model.
         demo.load(narrow, model_set, outputs, api_name=False)
         demo.load(rf_narrow, rf_set, rf_outputs, api_name=False)
+        demo.load(review_narrow, review_set, review_models, api_name=False)
     return demo

@@ -367,4 +367,4 @@ def build_tab(gr, user_error):
         probe.select(on_probe, view, readout, api_name=False)
         model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")
-    return on_model_set, model_set, [names, unavailable]
+    return on_model_set, model_set, [names, unavailable], (image, gt, model_set)
