@@ -13,6 +13,7 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow  # builds every configuration, the 134M-parameter VGG ones included
 def test_models_json_has_the_promised_fields(capsys):
     code, out, _ = run(capsys, "models", "--json")
     rows = json.loads(out)

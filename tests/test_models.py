@@ -7,6 +7,8 @@ from segviz import registry
 from segviz.registry import build, count_params, get_spec, list_models
 
 NAMES = [s.name for s in list_models()]
+# A backward pass through a VGG16/ResNet configuration costs seconds each: those run with the slow tests.
+GRADIENT_NAMES = [s.name if s.compact else pytest.param(s.name, marks=pytest.mark.slow) for s in list_models()]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def test_forward_at_input_size(built, name):
             assert torch.isfinite(out["out"]).all(), name
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GRADIENT_NAMES)
 def test_every_parameter_gets_a_gradient(built, name):
     model = built(name).train()
     out = model(torch.randn(2, 3, 64, 64))
