@@ -79,13 +79,14 @@ def missing(backend: str) -> str | None:
 
 
 def missing_note() -> str | None:
-    """One line for the app and the CLI when a faster CPU backend cannot run here, else None."""
+    """One line for the app's header when a faster CPU backend cannot run here, else None."""
     why = [missing(name) for name in ("openvino", "onnxruntime")]
     why = [w for w in why if w]
     if not why:
         return None
-    return ("; ".join(why) + ": the models run on PyTorch alone, which on some CPUs is several times slower "
-            "(`pip install -r requirements.txt` adds them)")
+    fallback = ("the models run on PyTorch alone, which on some CPUs is several times slower" if len(why) == 2
+                else "the models are timed on the backends that remain")
+    return "; ".join(why) + f": {fallback} (`pip install -r requirements.txt` adds it all)"
 
 
 @dataclass

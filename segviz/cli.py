@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -271,14 +271,26 @@ def metrics_table(c: Comparison) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def shows(c: Comparison, image) -> bool:
+    """Whether ``image`` (as uploaded) is the one ``c`` compared: a ground truth uploaded later is scored
+    on ``c``'s predictions only then."""
+    from .preprocess import prepare_image
+
+    return image is not None and np.array_equal(prepare_image(image).image, c.image)
+
+
 def file_identity(source) -> dict | None:
-    """{"name", "sha256"} of an uploaded file (a path) or pasted bytes; None without one."""
+    """{"name", "sha256"} of an uploaded file (a path) or pasted bytes; None without one. An image
+    handed over in memory (PIL, numpy, a stream) has no file: its type is named, without a sha256."""
+    from .weights import sha256_file
+
     if source is None:
         return None
     if isinstance(source, (bytes, bytearray)):
         return {"name": "pasted image", "sha256": hashlib.sha256(source).hexdigest()}
-    with open(source, "rb") as f:  # uploads are capped (--max-file-size): one read is fine
-        return {"name": os.path.basename(str(source)), "sha256": hashlib.sha256(f.read()).hexdigest()}
+    if isinstance(source, (str, os.PathLike)):
+        return {"name": os.path.basename(str(source)), "sha256": sha256_file(source)}
+    return {"name": f"in-memory {type(source).__name__}", "sha256": None}
 
 
 def comparison_card(c: Comparison, alpha: float, settings: dict | None = None, files: dict | None = None) -> bytes:
@@ -290,12 +302,12 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None, f
     shown = c.shown()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("overlays.png", _png(grid))
-        z.writestr("legend.png", _png(viz.legend_image(c.labels, set(np.unique(np.stack(shown)).tolist()))))
+        z.writestr("overlays.png", png_bytes(grid))
+        z.writestr("legend.png", png_bytes(viz.legend_image(c.labels, set(np.unique(np.stack(shown)).tolist()))))
         for p, labels in zip(c.predictions, shown):
-            z.writestr(f"labels/{p.name}.png", _png(labels))
+            z.writestr(f"labels/{p.name}.png", png_bytes(labels))
             if c.gt is not None:
-                z.writestr(f"errors/{p.name}.png", _png(viz.error_map(labels, c.gt, c.labels.ignore_index)))
+                z.writestr(f"errors/{p.name}.png", png_bytes(viz.error_map(labels, c.gt, c.labels.ignore_index)))
         info = {
             **(files or {}),
             "dataset": c.records[0].dataset.name, "classes": list(c.labels.classes),
@@ -311,7 +323,8 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None, f
     return buf.getvalue()
 
 
-def _png(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
+    """An image (uint8 array) as PNG file bytes."""
     out = io.BytesIO()
     Image.fromarray(array).save(out, format="PNG")
     return out.getvalue()

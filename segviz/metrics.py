@@ -77,12 +77,14 @@ def trimap_confusion(pred: np.ndarray, target: np.ndarray, num_classes: int, ban
 def boundary_counts(pred: np.ndarray, target: np.ndarray, ignore_index: int,
                     tolerance: float = BF_TOLERANCE) -> np.ndarray:
     """[predicted boundary pixels near a true one, predicted boundary pixels, true boundary pixels near
-    a predicted one, true boundary pixels] (int64); "near" is within ``tolerance`` x the image diagonal,
-    and pixels whose truth is ignored count on neither side. Sum them over images for
+    a predicted one, true boundary pixels] (int64); "near" is within ``tolerance`` x the image diagonal.
+    True boundaries are taken on labelled pixels only; a predicted boundary counts unless it lies
+    farther than the tolerance from every labelled pixel (VOC's thin ignore band around each object
+    is where a correct predicted edge falls, so it must count). Sum them over images for
     :func:`boundary_fscore`."""
     valid = target != ignore_index
     theta = tolerance * float(np.hypot(*target.shape))
-    bp, bt = boundaries(pred) & valid, boundaries(target) & valid
+    bp, bt = boundaries(pred) & (distance_to(valid) <= theta), boundaries(target) & valid
     return np.array([(distance_to(bt)[bp] <= theta).sum(), bp.sum(), (distance_to(bp)[bt] <= theta).sum(), bt.sum()],
                     np.int64)
 

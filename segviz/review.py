@@ -13,7 +13,6 @@ the same logits, the same confusion matrices summed over the images.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -25,9 +24,11 @@ import numpy as np
 from PIL import Image
 
 from . import records
+from .compare import png_bytes
 from .metrics import (BANDS, BF_TOLERANCE, boundary_counts, boundary_fscore, confusion_matrix, scores,
                       trimap_confusion, trimap_scores)
 from .preprocess import MAX_SIDE, InputError, prepare_image, prepare_mask
+from .weights import sha256_file
 
 # How an image becomes a model's input; part of every row's key (change it and rows are recomputed).
 PREPROCESSING = {"decode": "rgb, exif upright", "max_side": MAX_SIDE, "runner": "torch module (as eval)",
@@ -108,9 +109,6 @@ def folder_source(images, labels, dataset: str = "camvid", limit: int | None = N
     return Source(dataset, f"folder {Path(images).name}", items, skipped)
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
 
 # --------------------------------------------------------------------------- the database
 SCHEMA = """
@@ -137,11 +135,6 @@ def _npy(a: np.ndarray) -> bytes:
 def _from_npy(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
-
-def _png(labels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(labels.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class Store:
@@ -197,6 +190,12 @@ def settings_key(crf=None, backend: str | None = None) -> str:
                       sort_keys=True)
 
 
+def bad_key(labelset) -> str:
+    """What a file found bad is remembered under: the preprocessing and the label set it was read
+    with (a label map bad for CamVid may be fine for VOC)."""
+    return json.dumps({"preprocessing": PREPROCESSING, "labels": labelset.name}, sort_keys=True)
+
+
 # --------------------------------------------------------------------------- running
 class Cancelled(Exception):
     """The run was cancelled; every image finished before that is in the database."""
@@ -206,7 +205,7 @@ def _hash_items(source: Source, skipped: list) -> list[tuple[Item, str, str]]:
     out = []
     for item in source.items:
         try:
-            out.append((item, sha256_of(item.image), sha256_of(item.label)))
+            out.append((item, sha256_file(item.image), sha256_file(item.label)))
         except OSError as e:
             skipped.append((item.name, f"unreadable ({e.strerror or e})"))
     return out
@@ -244,7 +243,7 @@ def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict
             probs = torch.softmax(logits, 1)[0].cpu().numpy()
             pred = dense_crf(probs, image, crfs[key]).argmax(0)
         pred = pred.astype(np.uint8)
-        out.append((record.name, record.sha256, *hashes, key, _png(pred),
+        out.append((record.name, record.sha256, *hashes, key, png_bytes(pred.astype(np.uint8)),
                     _npy(confusion_matrix(pred, gt, labelset.num_classes)),
                     _npy(trimap_confusion(pred, gt, labelset.num_classes)),
                     _npy(boundary_counts(pred, gt, labelset.ignore_index))))
@@ -307,7 +306,7 @@ def plan(source: Source, models: list, store: Store, crf=None, skipped=None, bac
     skipped = list(source.skipped) if skipped is None else skipped
     hashed = _hash_items(source, skipped)
     keys = [settings_key(None, backend)] + ([settings_key(crf, backend)] if crf is not None else [])
-    known_bad = store.bad(settings_key(None))
+    known_bad = store.bad(bad_key(source.labels))
     items = []
     for entry in hashed:
         why = known_bad.get(entry[1:])
@@ -331,7 +330,7 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
     asked before each image and, if true, :class:`Cancelled` is raised."""
     by_name = {r.name: r for r in models}
     crfs = {settings_key(None, backend): None, **({settings_key(crf, backend): crf} if crf is not None else {})}
-    plain = settings_key(None)
+    plain = bad_key(labelset)
     computed = 0
     for n, (i, lacking) in enumerate(pending):
         if cancelled is not None and cancelled():

@@ -76,7 +76,7 @@ def render(review: Review) -> str:
     crf = review.crf is not None
     parts = [f"<h1>segviz review: {html.escape(review.source.title)}</h1>",
              f'<p class="note">{data["images"]} images, {len(data["skipped"])} skipped; label set '
-             f'{html.escape(labelset.name)}; full resolution; scores summed over the images as '
+             f'{html.escape(labelset.name)}; images up to 1024 px on the longer side; scores summed over the images as '
              f'<code>segviz eval</code> does{"; CRF: pydensecrf defaults" if crf else ""}. '
              f'BF: boundary F-score (tolerance 0.75% of the image diagonal).</p>']
     models = sorted(data["models"], key=lambda m: -m["miou"])

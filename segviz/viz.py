@@ -85,6 +85,8 @@ def with_colour_bar(image: np.ndarray, cmap: str, ticks: list[tuple[float, str]]
 
     h = image.shape[0]
     top, bottom, bar_w, text_w = 16, 6, 14, 8 + 6 * max([len(t) for _, t in ticks] + [1])
+    if h - top - bottom < 16:  # too short for a readable bar: the map alone
+        return image
     width = max(bar_w + 6 + text_w, 6 * len(label) + 8)
     panel = Image.new("RGB", (width, h), "white")
     span = h - top - bottom

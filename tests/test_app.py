@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import start_app
-from segviz import records
+from segviz import records, viz
 from segviz.data.palettes import CAMVID
 from segviz.preprocess import InputError
 from segviz.ui.compare import export_card, ready_names, restyle, run_compare
@@ -58,6 +58,16 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
     r = run_compare(image, READY, 0.6, gt=mask)
     # A ground truth given afterwards is scored on the cached predictions: no model runs again.
     assert all(a is b for a, b in zip(plain["view"].comparison.predictions, r["view"].comparison.predictions))
+    # ... only when the image on screen is still the one compared (not a newer upload).
+    from segviz.compare import file_identity, shows
+
+    assert shows(r["view"].comparison, image) and not shows(r["view"].comparison, mask) \
+        and not shows(r["view"].comparison, None)
+    # A library caller's in-memory image has no file to name or hash; the card says so.
+    assert file_identity(Image.open(image)) == {"name": "in-memory PngImageFile", "sha256": None}
+    # A map too short for a readable colour bar is returned as it is.
+    short = np.zeros((20, 30, 3), np.uint8)
+    assert viz.with_colour_bar(short, "magma", [(0, "0")], "x") is short
     assert [t.split(" · ")[0] for _, t in r["overlays"]] == TITLES
     assert all(o.shape == (360, 480, 3) for o, _ in r["overlays"])
     # The pixel readout: each model's class at a road pixel, and the truth's.

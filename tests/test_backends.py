@@ -159,3 +159,6 @@ def test_the_app_says_once_when_a_faster_backend_is_missing(monkeypatch):
     note = backends.missing_note()
     assert "openvino is not installed" in note and "onnxruntime is not installed" in note
     assert device_line().count("Note:") == 1 and "PyTorch alone" in device_line()
+    monkeypatch.setattr(backends, "versions", lambda: {"torch": torch.__version__, "openvino": "2026.4.1",
+                                                       "onnxruntime": None})
+    assert "PyTorch alone" not in backends.missing_note() and "backends that remain" in backends.missing_note()

@@ -82,7 +82,6 @@ def test_invalid_manifest_is_named(private_manifest):
 
 
 def test_a_flipped_data_byte_in_a_user_file_is_caught(tmp_path, capsys):
-    import torch
     from safetensors.torch import save_file
 
     from segviz.cli import main

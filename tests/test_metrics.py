@@ -99,14 +99,16 @@ def test_boundary_fscore_within_the_tolerance():
 
 def test_boundary_pixels_on_ignored_truth_do_not_count():
     # An edge with the ignore label is a truth boundary on its labelled side (VOC outlines objects with
-    # ignore bands); boundary pixels on ignored truth count on neither side.
+    # ignore bands); a predicted edge deep inside ignored truth does not count, one beside labelled
+    # pixels does.
     t = _halves(width=100, edge=50).repeat(10, axis=0)
     t[:, 70:] = 11
     p = t.copy()
     p[:, 70:] = 0
-    p[:, 90:] = 1  # an edge inside the ignored region: not counted
+    p[:, 90:] = 1  # an edge inside the ignored region, 20 px from any labelled pixel: not counted
     counts = boundary_counts(p, t, ignore_index=11)
-    assert counts.tolist() == [300, 300, 300, 300]
+    # truth: columns 49, 50 and 69 (100 rows); prediction: 49, 50, 69 and 70 (beside labelled 69)
+    assert counts.tolist() == [400, 400, 300, 300]
 
 
 def test_outlines_are_drawn_on_region_borders_only():
@@ -115,3 +117,13 @@ def test_outlines_are_drawn_on_region_borders_only():
     image = np.zeros((10, 10, 3), np.uint8)
     drawn = outlines(image, _halves()).any(2)
     assert drawn[:, 4].all() and drawn[:, 5].all() and not drawn[2:8, 1:3].any() and not drawn[2:8, 7:9].any()
+
+
+def test_a_correct_edge_inside_vocs_ignore_band_scores_full_boundary_f():
+    """VOC draws a ~5 px ignore band along every object's outline: a prediction whose edge runs in
+    the middle of that band is right, on a 100x100 image (tolerance 0.75% of the diagonal, ~1 px
+    + the band's half-width must not drop it)."""
+    t = _halves(width=100, edge=50).repeat(10, axis=0)
+    p = t.copy()
+    t[:, 49:51] = 255  # a 2 px band where the truth is ignored, the predicted edge in it
+    assert boundary_fscore(boundary_counts(p, t, ignore_index=255)) == 100

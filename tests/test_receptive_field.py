@@ -1,6 +1,5 @@
 """Receptive fields traced through real modules agree with published numbers."""
 import pytest
-import torch
 import torchvision
 from torch import nn
 

@@ -1,5 +1,4 @@
 """Our modules are the published networks: torchvision's weights load and agree, ImageNet weights classify."""
-import numpy as np
 import pytest
 import torch
 import torchvision

@@ -412,3 +412,13 @@ def test_review_on_openvino_agrees_with_eval(reviewed, camvid_root):
             assert agree >= 0.999, agree
     finally:
         store.close()
+
+
+def test_a_file_bad_for_one_label_set_is_not_remembered_as_bad_for_another(tmp_path):
+    from segviz.records import datasets
+
+    camvid, voc = datasets()["camvid"].labels, datasets()["voc"].labels
+    store = review.Store(tmp_path / "review.sqlite")
+    store.put([], [("img", "lab", review.bad_key(camvid), "label ids 12-20 are not CamVid classes")])
+    assert store.bad(review.bad_key(camvid)) == {("img", "lab"): "label ids 12-20 are not CamVid classes"}
+    assert store.bad(review.bad_key(voc)) == {}

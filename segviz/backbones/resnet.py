@@ -5,7 +5,6 @@ stride 8/16 by dilation (``replace_stride_with_dilation``). Module names are tor
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .base import Backbone
 

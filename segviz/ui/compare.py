@@ -16,7 +16,7 @@ import numpy as np
 from .. import viz
 from .. import records
 from ..compare import (Comparison, classes_at, compare, comparison_card, crf_views, file_identity, load, metrics_table,
-                       overlay_title, overlays, resolve)
+                       overlay_title, overlays, resolve, shows)
 from ..preprocess import LabelsNotInSet, prepare_image, prepare_mask, whole_number
 
 
@@ -242,7 +242,7 @@ def build_tab(gr, user_error):
                 crf_controls = crf_panel(gr)
             with gr.Column(scale=2):
                 notes = gr.Markdown(elem_id="notes")
-                # Four columns, 620 px high: eleven 360x480 overlays fit a 1440x1000 window without an inner scroll
+                # Four columns, 620 px high: twelve 360x480 overlays fit a 1440x1000 window without an inner scroll
                 # (an automatic height caps the gallery at 55% of the window).
                 gallery = gr.Gallery(label="Predictions (select one to read its pixels below)", columns=4,
                                      height=620, object_fit="contain", format="png", elem_id="overlays")
@@ -323,6 +323,9 @@ def build_tab(gr, user_error):
                 return [gr.skip()] * len(outputs)
             with user_error():
                 c = view.comparison
+                if not shows(c, image):
+                    gr.Info("The image changed since the last Run: press Run all to compare it.")
+                    return [gr.skip()] * len(outputs)
                 return shown(run_compare(image, c.names, view.alpha, gt, crf=c.crf_params))
 
         def on_crf_model(view, name):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import review, viz
+from ..weights import sha256_file
 
 MAX_UNZIPPED = 500 << 20  # bytes an uploaded zip may expand to
 GALLERY_SIZE = 24
@@ -57,7 +58,7 @@ def unpack(upload: str) -> tuple[str, str]:
         if set(folders) != {"images", "labels"}:
             raise ValueError("the zip needs a folder images/ and a folder labels/ (label PNGs with the images' stems)")
         # one folder per distinct upload (a second run of the same zip reuses it), each file written atomically
-        dest = Path(tempfile.gettempdir()) / "segviz-review" / review.sha256_of(upload)[:16]
+        dest = Path(tempfile.gettempdir()) / "segviz-review" / sha256_file(upload)[:16]
         for kind, entries in folders.items():
             (dest / kind).mkdir(parents=True, exist_ok=True)
             for m in entries:
