@@ -268,9 +268,14 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     elif layout != "auto":
         fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[layout]
     elif device.type == "cpu":
-        with torch.random.fork_rng():  # the probe's dropout must not shift the run's random stream
-            probe = torch.rand(recipe.batch_size, 3, *recipe.crop, device=device)
-            fmt = faster_memory_format(model, probe, torch.zeros(recipe.batch_size, *recipe.crop, dtype=torch.long))
+        if rank == 0:
+            with torch.random.fork_rng():  # the probe's dropout must not shift the run's random stream
+                probe = torch.rand(recipe.batch_size, 3, *recipe.crop, device=device)
+                fmt = faster_memory_format(model, probe, torch.zeros(recipe.batch_size, *recipe.crop, dtype=torch.long))
+        if world > 1:  # every process must use rank 0's layout: DDP refuses parameters with other strides
+            chosen = torch.tensor([int(fmt == torch.channels_last)])
+            dist.broadcast(chosen, 0)
+            fmt = torch.channels_last if chosen.item() else torch.contiguous_format
     model.to(memory_format=fmt)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     amp = device.type == "cuda"  # bf16 autocast: no loss scaling needed

@@ -132,8 +132,13 @@ def test_sigkill_mid_epoch_then_resume_takes_the_same_steps(camvid_root, tmp_pat
 
 
 def _worker(rank, world, port, data, out):
+    import segviz.train
+
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    # A busy CPU can time the layouts differently in each process: make them disagree outright.
+    fmt = torch.channels_last if rank == 0 else torch.contiguous_format
+    segviz.train.faster_memory_format = lambda *args: fmt
     recipe = Recipe(model=MODEL, epochs=1, batch_size=2, crop=(64, 96), eval_every=1)
     result = train(recipe, data=data, out=out, max_steps=3, limit=8, progress=False, device="cpu", workers=0)
     torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
