@@ -1,4 +1,5 @@
 """The app: handlers on real images, the HTTP API through gradio_client, and a real browser."""
+import contextlib
 import io
 import json
 import os
@@ -322,25 +323,31 @@ def test_api_is_stateless_any_set_from_a_fresh_client(server, frame):
     assert len(out[0]) == 2 and "Bicyclist" in out[1]
 
 
-def _chromium(p):
+@contextlib.contextmanager
+def _browser_page(url):
+    """A 1440x1000 page of Debian's chromium at ``url`` (no network beyond 127.0.0.1), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
     if not Path("/usr/bin/chromium").exists():
         if os.environ.get("CI"):
             pytest.fail("chromium must be installed in CI (apt-get install chromium)")
         pytest.skip("chromium is not installed")
-    return p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                             args=["--no-sandbox", "--disable-background-networking",
-                                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking",
+                                          "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"])
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
 
 
 @pytest.mark.browser
 @needs_weights
 def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = _chromium(p)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(server)
+    with _browser_page(server) as page:
         page.wait_for_selector("#run")
         assert "CPU" in page.inner_text("#header") or "CUDA" in page.inner_text("#header")
         # A frame no other test ran, so no model's prediction is cached: the time below is real.
@@ -397,7 +404,6 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         page.wait_for_selector("text=select at least one model", timeout=60_000)
         page.wait_for_function("document.querySelectorAll('#overlays .thumbnail-item img').length == 0 && "
                                "document.querySelectorAll('#legend .segviz-legend-item').length == 0", timeout=60_000)
-        browser.close()
     full = np.asarray(Image.open(shot).convert("RGB"))
     assert full.shape[1] == 1440 and full.shape[0] >= 1000  # the whole page, not a blank or cropped capture
     print(f"\nclick to last overlay: {seconds:.1f} s for {len(READY)} models, whose forwards took {forwards:.1f} s "
@@ -409,12 +415,7 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
 @needs_weights
 def test_browser_receptive_field_tiles_and_depth_plot(server, camvid_root, tmp_path):
     """Uncropped tiles (the whole 480x360 frame, with its colour bar) and the field-against-depth plot."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = _chromium(p)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(server)
+    with _browser_page(server) as page:
         page.get_by_role("tab", name="Receptive field").click()
         page.set_input_files("#rf-image input[type=file]", str(camvid_root / "val" / "0016E5_08151.png"))
         page.wait_for_selector("#rf-image img")
@@ -429,7 +430,6 @@ def test_browser_receptive_field_tiles_and_depth_plot(server, camvid_root, tmp_p
         assert all(fit == "contain" and w > 480 and h == 360 for fit, w, h in fits), fits
         shot = Path(os.environ.get("SEGVIZ_RF_SCREENSHOT", tmp_path / "receptive_field.png"))
         page.screenshot(path=str(shot), full_page=True)
-        browser.close()
 
 
 @needs_weights
