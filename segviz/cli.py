@@ -477,9 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--db", default=None, help="the database (default: ~/.cache/segviz/review.sqlite)")
     rv.add_argument("--crf", action="store_true", help="also score every model after the dense CRF (default parameters)")
     rv.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
-    rv.add_argument("--backend", default=None, choices=["torch", "torch-channels-last", "openvino", "onnxruntime"],
-                    help="run the models on this backend (default: as segviz eval does, the torch module; the "
-                         "converted backends are faster and agree with it on >= 99.9%% of pixels)")
+    rv.add_argument("--backend", default=None, choices=["auto", "torch", "torch-channels-last", "openvino", "onnxruntime"],
+                    help="run the models on this backend, or with auto on the one the app chooses per model "
+                         "(default: as segviz eval does, the torch module; the converted backends are faster "
+                         "and agree with it on >= 99.9%% of pixels)")
     rv.add_argument("--csv", default=None, help="write per-image scores to this CSV file")
     rv.add_argument("--report", default=None, help="write a self-contained HTML report to this file")
     rv.add_argument("--json", action="store_true")

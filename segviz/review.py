@@ -264,7 +264,7 @@ def choose_models(names, dataset: str, backend: str | None = None) -> list:
         if chosen[0].dataset.name != dataset:
             raise ValueError(f"{chosen[0].name} predicts {chosen[0].dataset.name} labels but the images are "
                              f"labelled for {dataset}; pass --set {chosen[0].dataset.name} or other models")
-    if backend is not None:
+    if backend not in (None, "auto"):
         from .backends import missing
 
         why = missing(backend) or next((f"{r.name} runs on torch only (a backend applies to the models trained "
@@ -272,6 +272,21 @@ def choose_models(names, dataset: str, backend: str | None = None) -> list:
         if why:
             raise ValueError(why)
     return chosen
+
+
+def resolve_backends(models: list, backend: str | None) -> dict[str, str | None]:
+    """What runs each model: None (eval's torch module), the backend named, or for ``auto`` the backend the
+    app runs it on (:func:`segviz.backends.runner`: measured fastest on this machine at first use, then
+    remembered; foreign networks stay on the torch module). Rows are keyed by it."""
+    if backend != "auto":
+        return {r.name: backend for r in models}
+    from .inference import load_runner
+
+    return {r.name: load_runner(r.name).backend if r.trained_here else None for r in models}
+
+
+def _keys(crf, backend: str | None) -> list[str]:
+    return [settings_key(None, backend)] + ([settings_key(crf, backend)] if crf is not None else [])
 
 
 @dataclass
@@ -286,10 +301,10 @@ class Review:
     per_image: dict = field(default_factory=dict)  # (model, with_crf) -> [(cm, trimap, boundary) per item]
     computed: int = 0  # rows computed by this run (the rest came from the database)
     store: Store | None = None
-    backend: str | None = None  # None: eval's torch module
+    backends: dict = field(default_factory=dict)  # model -> what ran it (resolve_backends; None: eval's module)
 
-    def settings(self, with_crf: bool) -> str:
-        return settings_key(self.crf if with_crf else None, self.backend)
+    def settings(self, with_crf: bool, model: str) -> str:
+        return settings_key(self.crf if with_crf else None, self.backends.get(model))
 
     def variants(self) -> list[bool]:
         return [False, True] if self.crf is not None else [False]
@@ -297,15 +312,16 @@ class Review:
     def prediction(self, model: str, with_crf: bool, index: int) -> np.ndarray:
         record = next(r for r in self.models if r.name == model)
         item, image, label = self.items[index]
-        return self.store.prediction(model, record.sha256, self.settings(with_crf), image, label)
+        return self.store.prediction(model, record.sha256, self.settings(with_crf, model), image, label)
 
 
-def plan(source: Source, models: list, store: Store, crf=None, skipped=None, backend=None) -> tuple[list, list, list]:
+def plan(source: Source, models: list, store: Store, crf=None, skipped=None, backends=None) -> tuple[list, list, list]:
     """Hash the images and drop those known to be bad: (items with their sha256s, skipped, pending), where
-    pending lists (index into items, [(model, settings) rows the database lacks]) per image."""
+    pending lists (index into items, [(model, settings) rows the database lacks]) per image; ``backends``
+    maps model names to what runs them (:func:`resolve_backends`; default: eval's torch module)."""
     skipped = list(source.skipped) if skipped is None else skipped
     hashed = _hash_items(source, skipped)
-    keys = [settings_key(None, backend)] + ([settings_key(crf, backend)] if crf is not None else [])
+    backends = backends or {}
     known_bad = store.bad(bad_key(source.labels))
     items = []
     for entry in hashed:
@@ -314,22 +330,23 @@ def plan(source: Source, models: list, store: Store, crf=None, skipped=None, bac
             skipped.append((entry[0].name, why))
         else:
             items.append(entry)
-    done = {(r.name, k): store.done(r.name, r.sha256, k) for r in models for k in keys}
+    done = {(r.name, k): store.done(r.name, r.sha256, k) for r in models for k in _keys(crf, backends.get(r.name))}
     work = []
     for i, (_, image, label) in enumerate(items):
-        lacking = [(r.name, k) for r in models for k in keys if (image, label) not in done[(r.name, k)]]
+        lacking = [(m, k) for (m, k), rows in done.items() if (image, label) not in rows]
         if lacking:
             work.append((i, lacking))
     return items, skipped, work
 
 
 def compute(items, pending: list, models: list, put, crf, labelset, skipped: list,
-            progress=None, cancelled=None, backend=None) -> int:
+            progress=None, cancelled=None, backends=None) -> int:
     """Compute the pending rows and hand each image's to ``put(rows, bad)`` (:meth:`Store.put`: one
     transaction per image). ``progress(done, total, text)`` is told after each image; ``cancelled()`` is
     asked before each image and, if true, :class:`Cancelled` is raised."""
     by_name = {r.name: r for r in models}
-    crfs = {settings_key(None, backend): None, **({settings_key(crf, backend): crf} if crf is not None else {})}
+    backends = backends or {}
+    crfs = {k: (crf if i else None) for r in models for i, k in enumerate(_keys(crf, backends.get(r.name)))}
     plain = bad_key(labelset)
     computed = 0
     for n, (i, lacking) in enumerate(pending):
@@ -345,7 +362,7 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
         rows = []
         for name in dict.fromkeys(m for m, _ in lacking):
             keys = [k for m, k in lacking if m == name]
-            rows += _rows(by_name[name], image, gt, keys, crfs, (image_sha, label_sha), backend)
+            rows += _rows(by_name[name], image, gt, keys, crfs, (image_sha, label_sha), backends.get(name))
         put(rows, [])
         computed += len(rows)
         if progress is not None:
@@ -356,7 +373,7 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
 def collect(review: Review) -> Review:
     """Read every reviewed image's scores back from the database; an image without all its rows (found bad,
     here or by another process) is left out."""
-    got = {(r.name, v): review.store.scores(r.name, r.sha256, review.settings(v))
+    got = {(r.name, v): review.store.scores(r.name, r.sha256, review.settings(v, r.name))
            for r in review.models for v in review.variants()}
     review.items = [e for e in review.items if all(e[1:] in rows for rows in got.values())]
     review.per_image = {key: [rows[e[1:]] for e in review.items] for key, rows in got.items()}
@@ -366,20 +383,21 @@ def collect(review: Review) -> Review:
 def run(source: Source, names="all", store: Store | None = None, crf=None, progress=None, cancelled=None,
         backend: str | None = None) -> Review:
     """Review ``source`` with the models ``names`` (``all`` or record names), with and (given ``crf``)
-    without the dense CRF, on eval's torch module or on ``backend`` (:mod:`segviz.backends`); compute what
-    ``store`` lacks, then read everything back."""
+    without the dense CRF, on eval's torch module, on ``backend`` (:mod:`segviz.backends`) or, for ``auto``,
+    on the backend the app would choose per model; compute what ``store`` lacks, then read everything back."""
     store = store or Store()
     models = choose_models(names, source.dataset, backend)
-    items, skipped, pending = plan(source, models, store, crf, backend=backend)
-    computed = compute(items, pending, models, store.put, crf, source.labels, skipped, progress, cancelled, backend)
-    return collect(Review(source, models, crf, items, skipped, computed=computed, store=store, backend=backend))
+    backends = resolve_backends(models, backend)
+    items, skipped, pending = plan(source, models, store, crf, backends=backends)
+    computed = compute(items, pending, models, store.put, crf, source.labels, skipped, progress, cancelled, backends)
+    return collect(Review(source, models, crf, items, skipped, computed=computed, store=store, backends=backends))
 
 
 def run_sharded(source: Source, names="all", db=None, crf=None, progress=None, backend=None) -> Review | None:
     """:func:`run` across the processes of ``torchrun``: rank 0 plans what the database ``db`` lacks and
     stores its own share as it goes; every other rank computes every world-size-th pending image and sends
-    its rows to rank 0 (gloo, so machines need no shared disk), which stores them. Returns the review on
-    rank 0, None elsewhere."""
+    its rows to rank 0 (gloo, so machines need no shared disk), which stores them. With ``auto``, every rank
+    runs each model on the backend rank 0 chose. Returns the review on rank 0, None elsewhere."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
@@ -389,18 +407,19 @@ def run_sharded(source: Source, names="all", db=None, crf=None, progress=None, b
         models = choose_models(names, source.dataset, backend)
         if rank == 0:
             store = Store(db)
-            shared = list(plan(source, models, store, crf, backend=backend))
+            backends = resolve_backends(models, backend)
+            shared = [*plan(source, models, store, crf, backends=backends), backends]
         else:
-            shared = [None, None, None]
+            shared = [None] * 4
         dist.broadcast_object_list(shared, src=0)
-        items, skipped, pending = shared
+        items, skipped, pending, backends = shared
         mine, own_skipped = ([], []), []
 
         def keep(rows, bad):
             mine[0].extend(rows), mine[1].extend(bad)
 
         computed = compute(items, pending[rank::world], models, store.put if rank == 0 else keep, crf,
-                           source.labels, own_skipped, progress, backend=backend)
+                           source.labels, own_skipped, progress, backends=backends)
         gathered = [None] * world if rank == 0 else None
         dist.gather_object((mine, own_skipped), gathered, dst=0)
         if rank != 0:
@@ -410,7 +429,7 @@ def run_sharded(source: Source, names="all", db=None, crf=None, progress=None, b
             computed += len(rows)
             skipped += their_skipped
         return collect(Review(source, models, crf, items, skipped + own_skipped, computed=computed, store=store,
-                              backend=backend))
+                              backends=backends))
     finally:
         dist.destroy_process_group()
 
@@ -435,7 +454,8 @@ def summary(review: Review, model, with_crf: bool) -> dict:
 def to_json(review: Review) -> dict:
     models = []
     for r in review.models:
-        entry = {"name": r.name, "title": r.title, "weights_sha256": r.sha256, **summary(review, r, False)}
+        entry = {"name": r.name, "title": r.title, "weights_sha256": r.sha256,
+                 "runner": review.backends.get(r.name) or PREPROCESSING["runner"], **summary(review, r, False)}
         if review.crf is not None:
             entry["crf"] = summary(review, r, True)
         models.append(entry)

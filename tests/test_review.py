@@ -4,6 +4,8 @@ import json
 import multiprocessing
 import shutil
 import sqlite3
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +250,34 @@ def test_tab_reviews_an_uploaded_zip(tab_db, camvid_root, tmp_path):
         query("camvid", "val", None, [], False, 0)
 
 
+def test_unpacked_uploads_unused_for_the_keep_time_are_removed(tab_db, camvid_root, tmp_path, monkeypatch):
+    import os
+    import zipfile
+
+    from segviz import ui
+    from segviz.ui import review as tab
+
+    monkeypatch.setattr(tab, "UNPACKED", tmp_path / "unpacked")
+    first = review.camvid_source(camvid_root, "val", 1).items[0]
+    queries = []
+    for name in ("old", "new"):
+        upload = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(upload, "w") as z:
+            z.write(first.image, "images/a.png")
+            z.write(first.label, "labels/a.png")
+            z.writestr(f"images/{name}.txt", name)  # a different zip, so its own folder
+        ui._last_prune.clear()
+        queries.append(tab.query("camvid", "", str(upload), [FCN8S], False, 0))
+        if name == "old":
+            stale = time.time() - ui.KEEP_OUTPUTS_S - 10
+            os.utime(tmp_path / "unpacked" / Path(queries[0].folder[0]).parent.name, (stale, stale))
+    old, new = (Path(q.folder[0]).parent for q in queries)
+    assert not old.exists() and new.is_dir()  # the second upload removed the stale first one
+    assert "**1 images**" in tab.overview(queries[1])["summary"]
+    with pytest.raises(ValueError, match=f"removed after {ui.KEEP_OUTPUTS_S // 60} minutes unused; upload it again"):
+        tab.overview(queries[0])
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
@@ -394,6 +424,25 @@ def test_a_backend_is_checked_before_anything_runs():
     with pytest.raises(ValueError, match="unknown backend"):
         review.choose_models([FCN8S], "camvid", "tensorrt")
     assert review.settings_key(None, "openvino") != review.settings_key(None)  # its rows are its own
+
+
+def test_auto_runs_each_model_on_the_backend_the_app_chooses_and_keys_its_rows_by_it(reviewed, camvid_root,
+                                                                                      monkeypatch, capsys):
+    from segviz import inference
+
+    db, args, _, resumed = reviewed
+    monkeypatch.setenv("SEGVIZ_BACKEND", "torch-channels-last")  # what the app would run it on here
+    inference._load_runner.cache_clear()
+    try:
+        code, out, _ = _cli(capsys, args + ["--backend", "auto"])
+        again = json.loads(_cli(capsys, args + ["--backend", "auto"])[1])
+    finally:
+        inference._load_runner.cache_clear()
+    data = json.loads(out)
+    assert code == 0 and data["models"][0]["runner"] == "torch-channels-last"
+    assert data["computed_rows"] == 2 and again["computed_rows"] == 0  # rows of its own, then from the database
+    assert json.loads(_cli(capsys, args)[1])["models"][0]["runner"] == "torch module (as eval)"
+    assert abs(data["models"][0]["miou"] - review.to_json(resumed)["models"][0]["miou"]) < 0.5
 
 
 @pytest.mark.slow

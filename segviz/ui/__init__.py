@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 
@@ -79,22 +80,27 @@ def png_file(image):
     fd, path = tempfile.mkstemp(prefix="out-", suffix=".png", dir=OUTPUTS)
     with os.fdopen(fd, "wb") as f:
         Image.fromarray(image).save(f, format="PNG", compress_level=1)
-    _prune(OUTPUTS, KEEP_OUTPUTS_S)
+    prune_older(OUTPUTS, KEEP_OUTPUTS_S)
     return path
 
 
-_last_prune = [0.0]
+_last_prune: dict[str, float] = {}
 
 
-def _prune(folder: str, age_s: float):
+def prune_older(folder: str, age_s: float, every_s: float = 60):
+    """Remove the files and folders in ``folder`` not modified for ``age_s`` seconds (at most once a
+    minute per folder)."""
     now = time.time()
-    if now - _last_prune[0] < 60:
+    if now - _last_prune.get(folder, 0.0) < every_s:
         return
-    _last_prune[0] = now
+    _last_prune[folder] = now
     for entry in os.scandir(folder):
         try:
             if now - entry.stat().st_mtime > age_s:
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
         except OSError:
             pass
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from .. import review, viz
 from ..weights import sha256_file
+from . import KEEP_OUTPUTS_S, prune_older
 
 MAX_UNZIPPED = 500 << 20  # bytes an uploaded zip may expand to
+UNPACKED = Path(tempfile.gettempdir()) / "segviz-review"  # one folder per uploaded zip, removed after KEEP_OUTPUTS_S unused
 GALLERY_SIZE = 24
 RANK_CHOICES = [("lowest per-image mIoU of the model", "miou"), ("disagreement between the models", "disagreement"),
                 ("the model's error on one class", "class")]
@@ -34,6 +36,11 @@ class Query:
 
     def source(self) -> review.Source:
         if self.folder is not None:
+            unpacked = Path(self.folder[0]).parent
+            if not unpacked.is_dir():
+                raise ValueError(f"the uploaded zip's files were removed after {KEEP_OUTPUTS_S // 60} minutes "
+                                 f"unused; upload it again")
+            os.utime(unpacked)  # in use: not removed for another KEEP_OUTPUTS_S
             return review.folder_source(*self.folder, self.dataset, self.limit)
         if self.dataset != "camvid":
             raise ValueError(f"upload a zip of images/ and labels/ to review {self.dataset} models")
@@ -57,8 +64,11 @@ def unpack(upload: str) -> tuple[str, str]:
                 folders.setdefault(parts[-2], []).append(m)
         if set(folders) != {"images", "labels"}:
             raise ValueError("the zip needs a folder images/ and a folder labels/ (label PNGs with the images' stems)")
-        # one folder per distinct upload (a second run of the same zip reuses it), each file written atomically
-        dest = Path(tempfile.gettempdir()) / "segviz-review" / sha256_file(upload)[:16]
+        # one folder per distinct upload (a second run of the same zip reuses it), each file written atomically;
+        # folders unused for KEEP_OUTPUTS_S are removed
+        UNPACKED.mkdir(exist_ok=True)
+        prune_older(str(UNPACKED), KEEP_OUTPUTS_S)
+        dest = UNPACKED / sha256_file(upload)[:16]
         for kind, entries in folders.items():
             (dest / kind).mkdir(parents=True, exist_ok=True)
             for m in entries:
@@ -66,6 +76,7 @@ def unpack(upload: str) -> tuple[str, str]:
                 with open(fd, "wb") as f:
                     f.write(archive.read(m))
                 os.replace(part, dest / kind / Path(m.filename).name)
+        os.utime(dest)
     return str(dest / "images"), str(dest / "labels")
 
 
