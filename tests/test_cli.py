@@ -1,8 +1,10 @@
 """The command line: JSON outputs, one-line errors, the bench and report commands."""
 import json
 
+import numpy as np
 import pytest
 
+from conftest import ROOT
 from segviz import registry
 from segviz.cli import main
 
@@ -64,7 +66,13 @@ def test_report_prints_the_bundled_models(capsys):
         val = "trained on val" if entry.get("val_trained_on") else f"{entry['val_miou']:.2f}"
         assert f"| {val} |" in row
         if "heldout" in entry:
-            assert f"| {entry['heldout']['miou']:.2f} ({entry['heldout']['split'][4:]}) |" in row
+            held = entry["heldout"]
+            ten = np.mean([v for k, v in held["per_class_iou"].items() if k != "Bicyclist"])
+            assert f"| {held['miou']:.2f} ({held['split'][4:]}) | {ten:.2f} |" in row
+    bench = json.loads((ROOT / "assets" / "bench.json").read_text())
+    for r in bench["models"]:  # every backend's time and the chosen one
+        row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))
+        assert row.endswith(f"| {r['backend']} | {r['ratio']:.3f} |") and f"| {r['ms']:.1f} |" in row
 
 
 def test_bad_size_is_refused(capsys):

@@ -5,10 +5,12 @@ The handlers are plain functions (file paths / numpy in, numpy / figures / text 
 ``gr.SelectData`` annotations at run time.)
 """
 
+import contextlib
 import dataclasses
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,25 @@ class CompareView:
     notes: list[str]
     alpha: float
     files: dict  # "input", "ground_truth": the uploaded files' names and sha256s (for the card)
+
+
+class Stopwatch:
+    """Seconds one request spent per stage (``with clock("models"): ...`` adds up); ``str`` is the line the
+    tab shows under the results."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    def __str__(self) -> str:
+        return "Time on the server: " + " · ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
 
 
 def example_images(limit: int = 6) -> list[str]:
@@ -300,21 +321,28 @@ def build_tab(gr, user_error):
             """A generator: each overlay appears as its model finishes, then everything else at once
             (API clients get the final outputs only)."""
             yield cleared()
+            clock = Stopwatch()
             with user_error():
                 crf = crf_settings(use_crf, *crf_values)
                 if not names:
                     raise ValueError("select at least one model")
-                working = prepare_image(image).image
+                with clock("decode"):
+                    working = prepare_image(image).image
                 ready, _ = loadable(names)
             tiles = []
             skip = [gr.skip()] * (len(outputs) - 2)
-            for i, (r, p) in enumerate(stream_predictions(working, ready, keep_probs=crf is not None)):
+            stream = stream_predictions(working, ready, keep_probs=crf is not None)
+            for i in range(len(ready)):
+                with clock("models"):
+                    r, p = next(stream)
                 progress(i / len(ready), desc=f"ran {r.short}")
-                tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
+                with clock("colouring"):
+                    tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
                 yield [gr.skip(), list(tiles)] + skip
-            with user_error():
-                r = run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf)
-            yield shown(r)
+            with user_error(), clock("figures"):
+                out = shown(run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf))
+            out[outputs.index(notes)] += f"\n\n<small>{clock}</small>"
+            yield out
 
         def on_ground_truth(view, image, gt):
             """Score the last comparison against a newly uploaded (or removed) ground truth: the predictions
