@@ -280,9 +280,14 @@ def resolve_backends(models: list, backend: str | None) -> dict[str, str | None]
     remembered; foreign networks stay on the torch module). Rows are keyed by it."""
     if backend != "auto":
         return {r.name: backend for r in models}
+    from .backends import missing, remembered, requested
     from .inference import load_runner
 
-    return {r.name: load_runner(r.name).backend if r.trained_here else None for r in models}
+    def chosen(r):
+        known = requested() or remembered(r.sha256)  # what load_runner would pick, without loading the model
+        return known if known and not missing(known) else load_runner(r.name).backend
+
+    return {r.name: chosen(r) if r.trained_here else None for r in models}
 
 
 def _keys(crf, backend: str | None) -> list[str]:

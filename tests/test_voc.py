@@ -160,6 +160,19 @@ def test_torchvision_download_and_load_from_a_local_server(tmp_path, serve):
     assert not list((tmp_path / "x").iterdir())  # nothing half-written is left behind
 
 
+def test_the_torchvision_table_matches_torchvision_metadata():
+    """Records list torchvision's VOC models without importing torchvision: the copied table must match it."""
+    import torchvision
+
+    for builder, weights, _, _, file, miou in voc.TORCHVISION:
+        w = torchvision.models.get_weight(f"{weights}.COCO_WITH_VOC_LABELS_V1")
+        m = voc.get(f"{builder}.voc")
+        assert (m.url, m.file) == (w.url, w.url.rsplit("/", 1)[1])
+        assert miou == w.meta["_metrics"]["COCO-val2017-VOC-labels"]["miou"]
+        assert torchvision.models.get_model_builder(builder).__name__ == builder
+    assert len(voc.TORCHVISION) == 6
+
+
 def test_offline_torchvision_models_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(voc, "torch_cache_dir", lambda: tmp_path)
     m = voc.get("deeplabv3_resnet50.voc")

@@ -59,23 +59,28 @@ CORAL = [
 ]
 
 
-def _torchvision_models() -> list[VOCModel]:
-    out = []
-    for builder, weights, arch, title in (
-            ("fcn_resnet50", "FCN_ResNet50_Weights", "fcn8s", "FCN ResNet-50"),
-            ("fcn_resnet101", "FCN_ResNet101_Weights", "fcn8s", "FCN ResNet-101"),
-            ("deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights", "deeplabv3", "DeepLab v3 ResNet-50"),
-            ("deeplabv3_resnet101", "DeepLabV3_ResNet101_Weights", "deeplabv3", "DeepLab v3 ResNet-101"),
-            ("deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights", "deeplabv3",
-             "DeepLab v3 MobileNetV3-Large"),
-            ("lraspp_mobilenet_v3_large", "LRASPP_MobileNet_V3_Large_Weights", "lraspp", "LR-ASPP MobileNetV3-Large")):
-        import torchvision
+# torchvision's COCO_WITH_VOC_LABELS_V1 weights: (builder, weights enum, arch, title, file, COCO-val VOC-labels
+# mIoU), copied from torchvision's metadata so that listing records does not import torchvision (seconds);
+# tests/test_voc.py checks every entry against the installed torchvision.
+TORCHVISION = (
+    ("fcn_resnet50", "FCN_ResNet50_Weights", "fcn8s", "FCN ResNet-50", "fcn_resnet50_coco-1167a1af.pth", 60.5),
+    ("fcn_resnet101", "FCN_ResNet101_Weights", "fcn8s", "FCN ResNet-101", "fcn_resnet101_coco-7ecb50ca.pth", 63.7),
+    ("deeplabv3_resnet50", "DeepLabV3_ResNet50_Weights", "deeplabv3", "DeepLab v3 ResNet-50",
+     "deeplabv3_resnet50_coco-cd0a2569.pth", 66.4),
+    ("deeplabv3_resnet101", "DeepLabV3_ResNet101_Weights", "deeplabv3", "DeepLab v3 ResNet-101",
+     "deeplabv3_resnet101_coco-586e9e4e.pth", 67.4),
+    ("deeplabv3_mobilenet_v3_large", "DeepLabV3_MobileNet_V3_Large_Weights", "deeplabv3",
+     "DeepLab v3 MobileNetV3-Large", "deeplabv3_mobilenet_v3_large-fc3c493d.pth", 60.3),
+    ("lraspp_mobilenet_v3_large", "LRASPP_MobileNet_V3_Large_Weights", "lraspp", "LR-ASPP MobileNetV3-Large",
+     "lraspp_mobilenet_v3_large-d234d4ea.pth", 57.9),
+)
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
-        w = torchvision.models.get_weight(f"{weights}.COCO_WITH_VOC_LABELS_V1")
-        file = w.url.rsplit("/", 1)[1]
-        out.append(VOCModel(builder, f"{title} (torchvision)", arch, file, file.rsplit("-", 1)[1][:-4], w.url,
-                            "torchvision", builder, f"COCO-val VOC-labels mIoU {w.meta['_metrics']['COCO-val2017-VOC-labels']['miou']}"))
-    return out
+
+def _torchvision_models() -> list[VOCModel]:
+    return [VOCModel(builder, f"{title} (torchvision)", arch, file, file.rsplit("-", 1)[1][:-4], TORCHVISION_URL + file,
+                     "torchvision", builder, f"COCO-val VOC-labels mIoU {miou}")
+            for builder, _, arch, title, file, miou in TORCHVISION]
 
 
 def catalogue() -> list[VOCModel]:
