@@ -92,6 +92,7 @@ def test_max_steps_inside_an_epoch_resumes_at_that_step(camvid_root, tmp_path):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
 
 
+@pytest.mark.slow  # tens of seconds of training in subprocesses
 def test_sigkill_mid_epoch_then_resume_takes_the_same_steps(camvid_root, tmp_path):
     """A run killed with SIGKILL right after a mid-epoch checkpoint, resumed, ends with the weights of
     an uninterrupted run (same seed, one process)."""
@@ -144,6 +145,7 @@ def _worker(rank, world, port, data, out):
     torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow  # tens of seconds of training in subprocesses
 def test_two_gloo_processes_end_with_the_same_weights(camvid_root, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
