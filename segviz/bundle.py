@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from . import registry
+from .registry import spec_fields
 from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
 from .weights import MANIFEST, load_safetensors, read_manifest, save_safetensors, sha256_file
@@ -65,8 +66,9 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
         half, dtype = evaluate(load_safetensors(model, out), val), "float32"
     subset = val_subset(data)
     sub = evaluate(model, subset)
+    spec = registry.get_spec(name)
     entry = {
-        "model": name, "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
+        "model": name, **spec_fields(spec), "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
         "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": recipe.get("train_split", "train"),
         "eval_split": "val",
         # a run trained on val's frames (trainval, noseq:SEQ) has a val score that measures nothing

@@ -17,22 +17,7 @@ from PIL import Image
 
 from . import records, viz
 from .metrics import confusion_matrix, scores
-from .records import Record
-
-
-def resolve(names: list[str]) -> list[Record]:
-    """The records of ``names`` (record names, or registry keys with one record); they must share a
-    label set, and models whose weights are not on this machine are an error naming what to run."""
-    chosen = [records.get(n) for n in names]
-    sets = sorted({r.dataset.name for r in chosen})
-    if len(sets) > 1:
-        raise ValueError(f"models of different label sets ({', '.join(sets)}) cannot share one comparison; "
-                         f"pick models of one set")
-    for r in chosen:
-        why = r.missing()
-        if why:
-            raise ValueError(f"{r.name}: {why}")
-    return chosen
+from .records import Record, resolve
 
 
 @functools.lru_cache(maxsize=32)

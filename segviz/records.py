@@ -23,9 +23,10 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # listing records does not import torch: loading a model does
+    from torch import nn
 
 from .data.palettes import LabelSet
 from .registry import UnknownModelError
@@ -56,6 +57,7 @@ class Record:
     metrics: dict = field(default_factory=dict, compare=False)  # what we measured (bundled: the manifest entry)
     note: str = ""
     short: str = ""  # overlay and chart labels ("GCN"); default: the title without its parenthesis
+    order: int = 0  # bundled: the architecture's place in the review's story (registry ModelSpec.order)
 
     def __post_init__(self):
         from .registry import short_title
@@ -119,11 +121,13 @@ def _bundled(manifest: Path) -> list[Record]:
             from .weights import WeightsError
 
             raise WeightsError(f"{manifest}: {name} names an unknown dataset {entry.get('dataset')!r}")
-        spec = registry.get_spec(entry["model"])
-        out.append(Record(name, spec.name, dataset, spec.title, spec.arch, "bundled", entry["file"], entry["sha256"],
-                          functools.partial(_load_bundled, name, str(manifest)),
+        # the spec's names as the manifest copied them (registry.SPEC_FIELDS): no model module is imported
+        spec = entry if all(k in entry for k in registry.SPEC_FIELDS) else registry.spec_fields(
+            registry.get_spec(entry["model"]))
+        out.append(Record(name, entry["model"], dataset, spec["title"], spec["arch"], "bundled", entry["file"],
+                          entry["sha256"], functools.partial(_load_bundled, name, str(manifest)),
                           functools.partial(_missing_bundled, name, str(manifest)), metrics=entry,
-                          short=spec.short))
+                          short=spec["short"], order=spec["order"]))
     return out
 
 
@@ -147,7 +151,7 @@ def all_records(manifest: str | Path | None = None) -> list[Record]:
     """Every record: bundled ones (in the story order of the review), then each dataset module's."""
     from .weights import MANIFEST
 
-    bundled = sorted(_bundled(Path(manifest or MANIFEST)), key=lambda r: (r.spec.order, r.name))  # the review's order
+    bundled = sorted(_bundled(Path(manifest or MANIFEST)), key=lambda r: (r.order, r.name))  # the review's order
     foreign = [r for m in _data_modules() if hasattr(m, "records") for r in m.records()]
     return bundled + foreign
 
@@ -173,3 +177,18 @@ def get(name: str, manifest: str | Path | None = None) -> Record:
         raise UnknownModelError(f"{name!r} has weights for several datasets; name one of: "
                                 f"{', '.join(r.name for r in matches)}")
     raise UnknownModelError(f"no trained model {name!r}; choose one of: {', '.join(by_name)}")
+
+
+def resolve(names: list[str]) -> list[Record]:
+    """The records of ``names`` (record names, or registry keys with one record); they must share a
+    label set, and models whose weights are not on this machine are an error naming what to run."""
+    chosen = [get(n) for n in names]
+    sets = sorted({r.dataset.name for r in chosen})
+    if len(sets) > 1:
+        raise ValueError(f"models of different label sets ({', '.join(sets)}) cannot share one comparison; "
+                         f"pick models of one set")
+    for r in chosen:
+        why = r.missing()
+        if why:
+            raise ValueError(f"{r.name}: {why}")
+    return chosen

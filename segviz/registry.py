@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # importing the registry does not import torch (listing records stays fast)
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,15 @@ class ModelSpec:
     @property
     def arxiv_url(self) -> str:
         return f"https://arxiv.org/abs/{self.arxiv}"
+
+
+# What a bundled model's manifest entry copies from its spec, so that listing records needs neither the
+# model modules nor torch (tests/test_bundled_weights.py checks they still agree).
+SPEC_FIELDS = ("title", "short", "arch", "order")
+
+
+def spec_fields(spec: ModelSpec) -> dict:
+    return {k: getattr(spec, k) for k in SPEC_FIELDS}
 
 
 def short_title(title: str) -> str:

@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from . import records
-from .compare import png_bytes
 from .metrics import (BANDS, BF_TOLERANCE, boundary_counts, boundary_fscore, confusion_matrix, scores,
                       trimap_confusion, trimap_scores)
 from .preprocess import MAX_SIDE, InputError, prepare_image, prepare_mask
@@ -228,6 +227,7 @@ def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict
     eval's torch module or on ``backend``."""
     import torch
 
+    from .compare import png_bytes
     from .crf import dense_crf
     from .evaluate import predict_logits
     from .inference import load_model, load_runner
@@ -253,14 +253,12 @@ def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict
 def choose_models(names, dataset: str, backend: str | None = None) -> list:
     """``all`` (every model of ``dataset`` whose weights are here) or a list of names, checked (with
     ``backend``: it is installed, and the models are ones trained here, which every backend can run)."""
-    from .compare import resolve
-
     if names in (None, "all", ["all"]):
         chosen = [r for r in records.records(dataset) if r.missing() is None]
         if not chosen:
             raise ValueError(f"no model of the {dataset} set has its weights on this machine")
     else:
-        chosen = resolve(list(names))
+        chosen = records.resolve(list(names))
         if chosen[0].dataset.name != dataset:
             raise ValueError(f"{chosen[0].name} predicts {chosen[0].dataset.name} labels but the images are "
                              f"labelled for {dataset}; pass --set {chosen[0].dataset.name} or other models")

@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from . import PROJECT_ROOT
+
+if TYPE_CHECKING:  # reading the manifest and hashing files does not import torch
+    import torch
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -22,6 +23,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, metadata: dict | None = None,
                      dtype: torch.dtype | None = None) -> None:
     """Write the state dict atomically (temp file + rename); float tensors cast to ``dtype`` if given."""
+    from safetensors.torch import save_file
+
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
@@ -41,6 +44,8 @@ CHECKSUM_KEY = "tensors_sha256"  # in the safetensors metadata: what load_safete
 
 def tensors_sha256(state: dict) -> str:
     """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (a flipped byte changes it)."""
+    import torch
+
     h = hashlib.sha256()
     for k in sorted(state):
         v = state[k].contiguous()
@@ -54,9 +59,8 @@ def load_safetensors(model: torch.nn.Module, path: str | os.PathLike, check: str
     safetensors, is cut short, does not fit the model, or whose tensors differ from the checksum
     recorded in it (files segviz writes carry one) is a one-line :class:`WeightsError`; a file
     without a checksum is loaded, with a warning when ``check="warn"`` (a user's file)."""
-    from safetensors import SafetensorError
-
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))

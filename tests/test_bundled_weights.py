@@ -25,6 +25,10 @@ def test_manifest_matches_files(name):
     path = MANIFEST.parent / entry["file"]
     assert sha256_file(path) == entry["sha256"]
     assert entry["val_miou"] >= 35, "a bundled model must have been trained well past chance (11 classes)"
+    # the names listing copies from the registry (records are listed without importing the model modules)
+    from segviz.registry import SPEC_FIELDS, get_spec, spec_fields
+
+    assert {k: entry[k] for k in SPEC_FIELDS} == spec_fields(get_spec(entry["model"]))
 
 
 @pytest.mark.parametrize("name", BUNDLED)

@@ -426,6 +426,23 @@ def test_a_backend_is_checked_before_anything_runs():
     assert review.settings_key(None, "openvino") != review.settings_key(None)  # its rows are its own
 
 
+def test_a_second_pass_reads_the_database_without_importing_torch(reviewed):
+    """What makes the command answer in about a second: listing records, hashing files and reading rows need
+    neither torch nor the model modules (importing torch alone takes seconds on a small machine)."""
+    import subprocess
+    import sys
+
+    db, args, _, resumed = reviewed
+    code = ("import json, sys; from segviz.cli import main; main(sys.argv[1:]); "
+            "bad = sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'cv2', 'segviz.models') if m in sys.modules); "
+            "print(json.dumps(bad))")
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data, imported = out.stdout.rsplit("\n", 2)[0], json.loads(out.stdout.strip().rsplit("\n", 1)[1])
+    assert imported == [], imported
+    assert json.loads(data)["models"][0]["miou"] == review.to_json(resumed)["models"][0]["miou"]
+
+
 def test_auto_runs_each_model_on_the_backend_the_app_chooses_and_keys_its_rows_by_it(reviewed, camvid_root,
                                                                                       monkeypatch, capsys):
     from segviz import inference

@@ -14,9 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from .. import SHARED_DIR
 from ..records import Dataset, Record
 from ..weights import WEIGHTS_DIR, WeightsError, download, sha256_file
@@ -105,6 +102,8 @@ def records() -> list[Record]:
 
 
 def torch_cache_dir() -> Path:
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -136,6 +135,8 @@ def fetch(m: VOCModel, url: str | None = None, dest_dir: str | os.PathLike | Non
     # (as torch.hub.load_state_dict_from_url(check_hash=True) does) and writes through a temporary file
     import urllib.error
 
+    import torch
+
     dest.mkdir(parents=True, exist_ok=True)
     expected = name.rsplit("-", 1)[1].split(".")[0]
     try:
@@ -148,46 +149,7 @@ def fetch(m: VOCModel, url: str | None = None, dest_dir: str | os.PathLike | Non
     return dest / name
 
 
-class AlignedPort(torch.nn.Module):
-    """The TFLite port as DeepLab is meant to run: on an image padded (bottom and right, with the
-    input's zero point, i.e. mid-grey) to 16k+1 pixels per side, the logits cropped back.
-
-    DeepLab v3 was trained on 513x513 crops (16k+1): at such sizes TensorFlow's "SAME" padding is
-    symmetric and its corner-aligned resizes put every stride-16 feature exactly over its pixels. At
-    other sizes both go lopsided and the masks shift by up to 8 px (measured by the mirror test in
-    tests/test_voc.py). ``TFLiteGraph`` alone is the TFLite-exact mode, as the interpreter computes
-    it at whatever size it is given."""
-
-    def __init__(self, graph: torch.nn.Module, multiple: int = 16):
-        super().__init__()
-        self.graph, self.multiple = graph, multiple
-        self.normalize = graph.normalize
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h, w = x.shape[-2:]
-        m = self.multiple
-        H, W = m * -(-(h - 1) // m) + 1, m * -(-(w - 1) // m) + 1
-        padded = F.pad(x, (0, W - w, 0, H - h))  # 0 after normalize is the zero point: mid-grey
-        return {"out": self.graph(padded)["out"][..., :h, :w]}
-
-
-class _Normalized(torch.nn.Module):
-    """torchvision's segmentation models with segviz's ``normalize`` (ImageNet statistics)."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1), persistent=False)
-
-    def normalize(self, images):
-        return (images - self.mean) / self.std
-
-    def forward(self, x):
-        return {"out": self.net(x)["out"]}
-
-
-def load(m: VOCModel, path: str | os.PathLike | None = None, exact: bool = False) -> torch.nn.Module:
+def load(m: VOCModel, path: str | os.PathLike | None = None, exact: bool = False):
     """The network of ``m`` with its weights. Coral's ports run aligned (:class:`AlignedPort`) unless
     ``exact``: then exactly as the TFLite interpreter computes them at the size they are given."""
     path = Path(path) if path else find(m)
@@ -197,15 +159,18 @@ def load(m: VOCModel, path: str | os.PathLike | None = None, exact: bool = False
     if m.source == "coral":
         if sha256_file(path) != m.sha256:
             raise WeightsError(f"{path} is not the published {m.file} (sha256 differs); delete it and download again")
-        from ..models.tflite_port import TFLiteGraph
+        from ..models.tflite_port import AlignedPort, TFLiteGraph
 
         graph = TFLiteGraph(path)
         return graph if exact else AlignedPort(graph)
+    import torch
     import torchvision
+
+    from ..models.tflite_port import Normalized
 
     builder = getattr(torchvision.models.segmentation, m.builder)
     extra = {} if m.builder.startswith("lraspp") else {"aux_loss": True}  # the COCO checkpoints carry the aux head
     net = builder(weights=None, weights_backbone=None, num_classes=21, **extra)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
-    return _Normalized(net)
+    return Normalized(net)

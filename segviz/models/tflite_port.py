@@ -219,3 +219,42 @@ class TFLiteGraph(SegmentationModel):
         if logits is None:
             logits = env[self.ops[-1]["output"]]
         return {"out": logits}  # (N, classes, H, W), before the arg-max
+
+
+class AlignedPort(torch.nn.Module):
+    """The TFLite port as DeepLab is meant to run: on an image padded (bottom and right, with the
+    input's zero point, i.e. mid-grey) to 16k+1 pixels per side, the logits cropped back.
+
+    DeepLab v3 was trained on 513x513 crops (16k+1): at such sizes TensorFlow's "SAME" padding is
+    symmetric and its corner-aligned resizes put every stride-16 feature exactly over its pixels. At
+    other sizes both go lopsided and the masks shift by up to 8 px (measured by the mirror test in
+    tests/test_voc.py). ``TFLiteGraph`` alone is the TFLite-exact mode, as the interpreter computes
+    it at whatever size it is given."""
+
+    def __init__(self, graph: torch.nn.Module, multiple: int = 16):
+        super().__init__()
+        self.graph, self.multiple = graph, multiple
+        self.normalize = graph.normalize
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        m = self.multiple
+        H, W = m * -(-(h - 1) // m) + 1, m * -(-(w - 1) // m) + 1
+        padded = F.pad(x, (0, W - w, 0, H - h))  # 0 after normalize is the zero point: mid-grey
+        return {"out": self.graph(padded)["out"][..., :h, :w]}
+
+
+class Normalized(torch.nn.Module):
+    """torchvision's segmentation models with segviz's ``normalize`` (ImageNet statistics)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images):
+        return (images - self.mean) / self.std
+
+    def forward(self, x):
+        return {"out": self.net(x)["out"]}
