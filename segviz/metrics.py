@@ -1,6 +1,8 @@
 """Confusion-matrix metrics: per-class IoU, mIoU, pixel accuracy, mean class accuracy."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -59,34 +61,74 @@ def distance_to(mask: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(np.where(mask, 0, 255).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
-def trimap_confusion(pred: np.ndarray, target: np.ndarray, num_classes: int, bands=BANDS) -> np.ndarray:
+class Truth:
+    """What the per-image boundary metrics need from one ground truth, computed on first use and shared
+    by every prediction scored against it (the distance transforms of the truth cost as much as the
+    rest of a model's scoring)."""
+
+    def __init__(self, target: np.ndarray, num_classes: int, ignore_index: int | None = None, bands=BANDS,
+                 tolerance: float = BF_TOLERANCE):
+        self.target = np.asarray(target)
+        self.num_classes, self.ignore_index, self.bands = num_classes, ignore_index, tuple(bands)
+        self.theta = tolerance * float(np.hypot(*self.target.shape))
+
+    def check(self, pred: np.ndarray) -> np.ndarray:
+        pred = np.asarray(pred)
+        if pred.shape != self.target.shape:
+            raise ValueError(f"prediction {pred.shape} and target {self.target.shape} differ in shape")
+        return pred
+
+    @functools.cached_property
+    def ring(self) -> np.ndarray:
+        """Each pixel's narrowest band (len(bands): in none) around the truth's boundaries, ignore label
+        included; pixels without a class id are -1."""
+        ring = np.searchsorted(np.asarray(self.bands, np.float32), distance_to(boundaries(self.target)), side="right")
+        return np.where((self.target >= 0) & (self.target < self.num_classes), ring, -1)
+
+    @functools.cached_property
+    def labelled(self) -> np.ndarray:
+        return self.target != self.ignore_index
+
+    @functools.cached_property
+    def edges(self) -> np.ndarray:
+        return boundaries(self.target) & self.labelled
+
+    @functools.cached_property
+    def edge_distance(self) -> np.ndarray:
+        return distance_to(self.edges)
+
+    @functools.cached_property
+    def near_labelled(self) -> np.ndarray:
+        return distance_to(self.labelled) <= self.theta
+
+
+def trimap_confusion(pred: np.ndarray, target, num_classes: int | None = None, bands=BANDS) -> np.ndarray:
     """(len(bands), C, C): the confusion matrix of the pixels closer than each band width to a
-    ground-truth boundary (:func:`boundaries` of ``target``, ignore label included)."""
-    pred, target = np.asarray(pred), np.asarray(target)
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
-    # each pixel's narrowest band (len(bands): in none); one count per (band, truth, prediction), then
-    # accumulated outwards, since every band holds the narrower ones
-    ring = np.searchsorted(np.asarray(bands, np.float32), distance_to(boundaries(target)), side="right")
-    valid = (target >= 0) & (target < num_classes) & (ring < len(bands))
-    idx = (ring[valid] * num_classes + target[valid].astype(np.int64)) * num_classes + pred[valid].astype(np.int64)
-    counts = np.bincount(idx, minlength=len(bands) * num_classes ** 2).reshape(len(bands), num_classes, num_classes)
-    return np.cumsum(counts, axis=0)
+    ground-truth boundary (:func:`boundaries` of ``target``, ignore label included). ``target`` may
+    be a :class:`Truth`."""
+    truth = target if isinstance(target, Truth) else Truth(target, num_classes, bands=bands)
+    pred = truth.check(pred)
+    n, k = truth.num_classes, len(truth.bands)
+    # one count per (band, truth, prediction) for each pixel's narrowest band, then accumulated outwards,
+    # since every band holds the narrower ones
+    valid = (truth.ring >= 0) & (truth.ring < k)
+    idx = (truth.ring[valid] * n + truth.target[valid].astype(np.int64)) * n + pred[valid].astype(np.int64)
+    return np.cumsum(np.bincount(idx, minlength=k * n * n).reshape(k, n, n), axis=0)
 
 
-def boundary_counts(pred: np.ndarray, target: np.ndarray, ignore_index: int,
+def boundary_counts(pred: np.ndarray, target, ignore_index: int | None = None,
                     tolerance: float = BF_TOLERANCE) -> np.ndarray:
     """[predicted boundary pixels near a true one, predicted boundary pixels, true boundary pixels near
     a predicted one, true boundary pixels] (int64); "near" is within ``tolerance`` x the image diagonal.
     True boundaries are taken on labelled pixels only; a predicted boundary counts unless it lies
     farther than the tolerance from every labelled pixel (VOC's thin ignore band around each object
     is where a correct predicted edge falls, so it must count). Sum them over images for
-    :func:`boundary_fscore`."""
-    valid = target != ignore_index
-    theta = tolerance * float(np.hypot(*target.shape))
-    bp, bt = boundaries(pred) & (distance_to(valid) <= theta), boundaries(target) & valid
-    return np.array([(distance_to(bt)[bp] <= theta).sum(), bp.sum(), (distance_to(bp)[bt] <= theta).sum(), bt.sum()],
-                    np.int64)
+    :func:`boundary_fscore`. ``target`` may be a :class:`Truth`."""
+    truth = target if isinstance(target, Truth) else Truth(target, 0, ignore_index, tolerance=tolerance)
+    pred = truth.check(pred)
+    bp, bt, theta = boundaries(pred) & truth.near_labelled, truth.edges, truth.theta
+    return np.array([(truth.edge_distance[bp] <= theta).sum(), bp.sum(), (distance_to(bp)[bt] <= theta).sum(),
+                     bt.sum()], np.int64)
 
 
 def boundary_fscore(counts: np.ndarray) -> float:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from . import records
-from .metrics import (BANDS, BF_TOLERANCE, boundary_counts, boundary_fscore, confusion_matrix, scores,
+from .metrics import (BANDS, BF_TOLERANCE, Truth, boundary_counts, boundary_fscore, confusion_matrix, scores,
                       trimap_confusion, trimap_scores)
 from .preprocess import MAX_SIDE, InputError, prepare_image, prepare_mask
 from .weights import sha256_file
@@ -221,10 +221,10 @@ def load_pair(item: Item, labelset) -> tuple[np.ndarray, np.ndarray]:
     return prepared.image, gt
 
 
-def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict, hashes,
+def _rows(record, image: np.ndarray, truth: Truth, keys: list[str], crfs: dict, hashes,
           backend: str | None = None) -> list[tuple]:
-    """The rows of one model on one image for each settings key it lacks (one forward for all of them), on
-    eval's torch module or on ``backend``."""
+    """The rows of one model on one image (``truth``: its ground truth, shared by the models) for each
+    settings key it lacks (one forward for all of them), on eval's torch module or on ``backend``."""
     import torch
 
     from .compare import png_bytes
@@ -244,9 +244,8 @@ def _rows(record, image: np.ndarray, gt: np.ndarray, keys: list[str], crfs: dict
             pred = dense_crf(probs, image, crfs[key]).argmax(0)
         pred = pred.astype(np.uint8)
         out.append((record.name, record.sha256, *hashes, key, png_bytes(pred.astype(np.uint8)),
-                    _npy(confusion_matrix(pred, gt, labelset.num_classes)),
-                    _npy(trimap_confusion(pred, gt, labelset.num_classes)),
-                    _npy(boundary_counts(pred, gt, labelset.ignore_index))))
+                    _npy(confusion_matrix(pred, truth.target, labelset.num_classes)),
+                    _npy(trimap_confusion(pred, truth)), _npy(boundary_counts(pred, truth))))
     return out
 
 
@@ -362,10 +361,10 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
             skipped.append((item.name, str(e)))
             put([], [(image_sha, label_sha, plain, str(e))])
             continue
-        rows = []
+        rows, truth = [], Truth(gt, labelset.num_classes, labelset.ignore_index)
         for name in dict.fromkeys(m for m, _ in lacking):
             keys = [k for m, k in lacking if m == name]
-            rows += _rows(by_name[name], image, gt, keys, crfs, (image_sha, label_sha), backends.get(name))
+            rows += _rows(by_name[name], image, truth, keys, crfs, (image_sha, label_sha), backends.get(name))
         put(rows, [])
         computed += len(rows)
         if progress is not None:

@@ -1,6 +1,7 @@
 """Metrics on hand-made cases whose answers are worked out by hand."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from segviz.metrics import confusion_matrix, scores
 
@@ -127,3 +128,22 @@ def test_a_correct_edge_inside_vocs_ignore_band_scores_full_boundary_f():
     p = t.copy()
     t[:, 49:51] = 255  # a 2 px band where the truth is ignored, the predicted edge in it
     assert boundary_fscore(boundary_counts(p, t, ignore_index=255)) == 100
+
+
+def test_a_shared_truth_gives_the_same_counts_for_every_prediction(camvid_root):
+    """review scores every model against one Truth per image (its distance transforms made once)."""
+    from segviz.metrics import Truth
+
+    name = sorted((camvid_root / "valannot").glob("*.png"))[0]
+    gt = np.asarray(Image.open(name))
+    truth = Truth(gt, 11, 11)
+    rng = np.random.default_rng(0)
+    for shift in (0, 3, 9):
+        pred = np.roll(gt, shift, axis=1).copy()
+        pred[rng.random(gt.shape) < 0.02] = 3
+        pred[pred > 10] = 0  # predictions are class ids
+        assert np.array_equal(trimap_confusion(pred, truth), trimap_confusion(pred, gt, 11))
+        assert np.array_equal(boundary_counts(pred, truth), boundary_counts(pred, gt, ignore_index=11))
+    assert "edge_distance" in vars(truth) and "ring" in vars(truth)  # computed once, kept
+    with pytest.raises(ValueError, match="differ in shape"):
+        trimap_confusion(pred[:10], truth)
