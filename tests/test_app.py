@@ -391,9 +391,13 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         shown = page.eval_on_selector_all("#legend .segviz-legend-item",
                                           "els => els.filter(e => getComputedStyle(e).opacity === '1')"
                                           ".map(e => e.dataset.class)")
-        swatches = np.asarray(Image.open(io.BytesIO(page.locator("#legend").screenshot())).convert("RGB"))
-        seen = {tuple(c) for c in swatches.reshape(-1, 3)}
         colours = {name: tuple(c) for name, c in zip(CAMVID.classes, CAMVID.colors)}
+        for _ in range(20):  # Gradio dims an output until its event has finished: look again until it has
+            swatches = np.asarray(Image.open(io.BytesIO(page.locator("#legend").screenshot())).convert("RGB"))
+            seen = {tuple(c) for c in swatches.reshape(-1, 3)}
+            if all(colours[n] in seen for n in shown):
+                break
+            time.sleep(0.5)
         assert len(shown) >= 5 and all(colours[n] in seen for n in shown), [n for n in shown if colours[n] not in seen]
         # Every overlay is in the 1440x1000 window at once, and the gallery does not scroll inside.
         page.evaluate("window.scrollTo(0, 0)")
