@@ -24,6 +24,7 @@ class ModelSpec:
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
     order: int = 0  # position in the 2017 review's story (FCN first, U-Net last); ties keep faithful before compact
     compact: bool = False  # the EfficientNet-Lite0 configurations we train and bundle
+    trial: bool = False  # a stronger backbone on trial: trained held out, bundled only if it pays
     aux: bool = False  # returns an auxiliary head's logits as "aux" in train mode
     config: object = field(default=None, repr=False, compare=False)  # the architecture's config dataclass
     short: str = ""  # overlay and chart labels; default: the title without its parenthesis

@@ -28,13 +28,15 @@ def test_torchvision_deeplabv3_resnet50_loads_strictly_and_gives_the_same_logits
     assert torch.allclose(ta["out"], oa["out"], atol=1e-5, rtol=0)
 
 
-def test_efficientnet_lite0_imagenet_weights_see_a_cat():
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_efficientnet_lite_imagenet_weights_see_a_cat(variant):
     skimage = pytest.importorskip("skimage")
-    from segviz.backbones.efficientnet_lite import efficientnet_lite0
+    from segviz.backbones.efficientnet_lite import efficientnet_lite
 
-    model = efficientnet_lite0(weights="imagenet", with_classifier=True).eval()
+    model = efficientnet_lite(variant, weights="imagenet", with_classifier=True).eval()
+    size = {"lite0": 224, "lite2": 260}[variant]  # each checkpoint's ImageNet resolution
     img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1)[None].float() / 255
-    img = torch.nn.functional.interpolate(img, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
     with torch.no_grad():
         probs = model.classify((img - mean) / std).softmax(1)[0]
@@ -44,13 +46,19 @@ def test_efficientnet_lite0_imagenet_weights_see_a_cat():
     assert probs[list(cats)].sum() > 0.8
 
 
-def test_efficientnet_lite0_key_mapping_covers_every_tensor():
-    from segviz.backbones.efficientnet_lite import efficientnet_lite0, imagenet_state_dict
+# Parameter counts of EfficientNet-Lite0 and -Lite2 with their ImageNet classifiers, as the TF model garden's
+# README for EfficientNet-Lite lists them (4.7M and 6.1M).
+@pytest.mark.parametrize("variant,params,channels", [("lite0", 4_652_008, (16, 24, 40, 112, 320)),
+                                                     ("lite2", 6_092_072, (16, 24, 48, 120, 352))])
+def test_efficientnet_lite_key_mapping_covers_every_tensor(variant, params, channels):
+    from segviz.backbones.efficientnet_lite import efficientnet_lite, imagenet_state_dict
 
-    state = imagenet_state_dict()
-    model = efficientnet_lite0(with_classifier=True)
+    state = imagenet_state_dict(variant)
+    model = efficientnet_lite(variant, with_classifier=True)
     assert set(state) == set(model.state_dict())
-    assert sum(v.numel() for k, v in state.items() if "num_batches" not in k and "running" not in k) == 4_652_008
+    assert sum(v.numel() for k, v in state.items() if "num_batches" not in k and "running" not in k) == params
+    assert model.channels == channels
+    assert round(params / 1e6, 1) == {"lite0": 4.7, "lite2": 6.1}[variant]
 
 
 def test_dilated_efficientnet_keeps_the_imagenet_features_at_the_centre():

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from .base import Backbone
-from .efficientnet_lite import efficientnet_lite0
+from .efficientnet_lite import efficientnet_lite0, efficientnet_lite2
 from .resnet import resnet50, resnet101
 from .vgg import vgg16
 
 BACKBONES = {
     "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite2": efficientnet_lite2,
     "vgg16": vgg16,
     "resnet50": resnet50,
     "resnet101": resnet101,

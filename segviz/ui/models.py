@@ -67,7 +67,9 @@ def model_rows() -> list[list]:
             continue
         info = configs.get(s.name, {})
         params = info.get("params") or registry.count_params(registry.build(s.name, num_classes=21))
-        rows.append([s.name, "not trained yet" if s.compact else "paper-faithful configuration (no weights)",
+        kind = ("not trained yet" if s.compact else "trial backbone (not bundled)" if s.trial
+                else "paper-faithful configuration (no weights)")
+        rows.append([s.name, kind,
                      s.paper, s.year, f"[{s.arxiv}]({s.arxiv_url})", s.key_idea, s.voc12_miou or "",
                      round(params / 1e6, 2), s.output_stride, _field(info), "", "", latency.get(s.name, "")])
     return rows

@@ -12,7 +12,7 @@ DEPTH_DEFAULT = ["fcn8s_vgg16", "dilation8_vgg16", "deeplabv1_vgg16", "deeplabv2
 
 
 def faithful_choices() -> list[tuple[str, str]]:
-    return [(f"{s.short} ({s.backbone})", s.name) for s in registry.list_models(compact=False)]
+    return [(f"{s.short} ({s.backbone})", s.name) for s in registry.list_models(compact=False) if not s.trial]
 
 
 def depth_figure(image, names: list[str], faithful: list[str]):
