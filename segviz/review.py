@@ -221,24 +221,27 @@ def load_pair(item: Item, labelset) -> tuple[np.ndarray, np.ndarray]:
     return prepared.image, gt
 
 
-def _rows(record, image: np.ndarray, truth: Truth, keys: list[str], crfs: dict, hashes,
+def _rows(record, inputs, truth: Truth, keys: list[str], crfs: dict, hashes,
           backend: str | None = None) -> list[tuple]:
-    """The rows of one model on one image (``truth``: its ground truth, shared by the models) for each
-    settings key it lacks (one forward for all of them), on eval's torch module or on ``backend``."""
+    """The rows of one model on one image (``inputs``: its :class:`segviz.evaluate.ModelInput`; ``truth``:
+    its ground truth; both shared by the models) for each settings key it lacks (one forward for all of
+    them), on eval's torch module or on ``backend``."""
     import torch
 
     from .compare import png_bytes
     from .crf import dense_crf
-    from .evaluate import predict_logits
+    from .evaluate import labels_of, logits_of
     from .inference import load_model, load_runner
 
     model = load_model(record.name) if backend is None else load_runner(record.name, backend)
-    logits = predict_logits(model, image, model.device if backend else next(model.parameters()).device)
+    device = model.device if backend else next(model.parameters()).device
+    logits = logits_of(model, inputs.for_model(model, device), device)
+    image = inputs.image
     labelset = record.labels
     out = []
     for key in keys:
         if crfs[key] is None:
-            pred = logits.argmax(1)[0].cpu().numpy()
+            pred = labels_of(logits)
         else:
             probs = torch.softmax(logits, 1)[0].cpu().numpy()
             pred = dense_crf(probs, image, crfs[key]).argmax(0)
@@ -346,6 +349,10 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
     """Compute the pending rows and hand each image's to ``put(rows, bad)`` (:meth:`Store.put`: one
     transaction per image). ``progress(done, total, text)`` is told after each image; ``cancelled()`` is
     asked before each image and, if true, :class:`Cancelled` is raised."""
+    if not pending:
+        return 0
+    from .evaluate import ModelInput  # imports torch: only when there is something to compute
+
     by_name = {r.name: r for r in models}
     backends = backends or {}
     crfs = {k: (crf if i else None) for r in models for i, k in enumerate(_keys(crf, backends.get(r.name)))}
@@ -361,10 +368,10 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
             skipped.append((item.name, str(e)))
             put([], [(image_sha, label_sha, plain, str(e))])
             continue
-        rows, truth = [], Truth(gt, labelset.num_classes, labelset.ignore_index)
+        rows, truth, inputs = [], Truth(gt, labelset.num_classes, labelset.ignore_index), ModelInput(image)
         for name in dict.fromkeys(m for m, _ in lacking):
             keys = [k for m, k in lacking if m == name]
-            rows += _rows(by_name[name], image, truth, keys, crfs, (image_sha, label_sha), backends.get(name))
+            rows += _rows(by_name[name], inputs, truth, keys, crfs, (image_sha, label_sha), backends.get(name))
         put(rows, [])
         computed += len(rows)
         if progress is not None:

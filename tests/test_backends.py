@@ -162,3 +162,21 @@ def test_the_app_says_once_when_a_faster_backend_is_missing(monkeypatch):
     monkeypatch.setattr(backends, "versions", lambda: {"torch": torch.__version__, "openvino": "2026.4.1",
                                                        "onnxruntime": None})
     assert "PyTorch alone" not in backends.missing_note() and "backends that remain" in backends.missing_note()
+
+
+def test_one_model_input_serves_every_model_with_the_same_normalisation(camvid_root):
+    """Review runs a dozen models on one frame: the frame becomes a tensor and is normalised once per
+    normalisation, and the logits and labels are exactly what predict_logits gives each model alone."""
+    from segviz.evaluate import ModelInput, labels_of, logits_of
+
+    frame = np.asarray(Image.open(camvid_root / "val" / FRAMES[0]).convert("RGB"))
+    inputs = ModelInput(frame)
+    models = [load_model(n, device="cpu") for n in MODELS]
+    xs = [inputs.for_model(m) for m in models]
+    assert xs[0] is xs[1]  # both trained here on EfficientNet-Lite0: one normalised tensor
+    voc = load_model("deeplabv3_mnv2.voc", device="cpu")  # the Coral port normalises its own way
+    assert inputs.for_model(voc) is not xs[0]
+    for m, x in zip(models + [voc], xs + [inputs.for_model(voc)]):
+        alone = predict_logits(m, frame)
+        assert torch.equal(logits_of(m, x), alone)
+        assert np.array_equal(labels_of(alone), alone.argmax(1)[0].numpy())
