@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,23 +222,26 @@ def load_pair(item: Item, labelset) -> tuple[np.ndarray, np.ndarray]:
     return prepared.image, gt
 
 
-def _rows(record, inputs, truth: Truth, keys: list[str], crfs: dict, hashes,
-          backend: str | None = None) -> list[tuple]:
-    """The rows of one model on one image (``inputs``: its :class:`segviz.evaluate.ModelInput`; ``truth``:
-    its ground truth; both shared by the models) for each settings key it lacks (one forward for all of
-    them), on eval's torch module or on ``backend``."""
-    import torch
-
-    from .compare import png_bytes
-    from .crf import dense_crf
-    from .evaluate import labels_of, logits_of
+def _forward(record, inputs, backend: str | None = None):
+    """Logits of one model on one image (``inputs``: its :class:`segviz.evaluate.ModelInput`, shared by the
+    models), on eval's torch module or on ``backend``."""
+    from .evaluate import logits_of
     from .inference import load_model, load_runner
 
     model = load_model(record.name) if backend is None else load_runner(record.name, backend)
     device = model.device if backend else next(model.parameters()).device
-    logits = logits_of(model, inputs.for_model(model, device), device)
-    image = inputs.image
-    labelset = record.labels
+    return logits_of(model, inputs.for_model(model, device), device)
+
+
+def _score(record, logits, image: np.ndarray, truth: Truth, keys: list[str], crfs: dict, hashes) -> list[tuple]:
+    """The rows of one model's ``logits`` on one image (``truth``: its ground truth, shared by the models),
+    one for each settings key it lacks."""
+    import torch
+
+    from .compare import png_bytes
+    from .crf import dense_crf
+    from .evaluate import labels_of
+
     out = []
     for key in keys:
         if crfs[key] is None:
@@ -246,8 +250,8 @@ def _rows(record, inputs, truth: Truth, keys: list[str], crfs: dict, hashes,
             probs = torch.softmax(logits, 1)[0].cpu().numpy()
             pred = dense_crf(probs, image, crfs[key]).argmax(0)
         pred = pred.astype(np.uint8)
-        out.append((record.name, record.sha256, *hashes, key, png_bytes(pred.astype(np.uint8)),
-                    _npy(confusion_matrix(pred, truth.target, labelset.num_classes)),
+        out.append((record.name, record.sha256, *hashes, key, png_bytes(pred),
+                    _npy(confusion_matrix(pred, truth.target, record.labels.num_classes)),
                     _npy(trimap_confusion(pred, truth)), _npy(boundary_counts(pred, truth))))
     return out
 
@@ -344,38 +348,77 @@ def plan(source: Source, models: list, store: Store, crf=None, skipped=None, bac
     return items, skipped, work
 
 
+# Images per step: each model runs over a chunk's images in a row, which on a CPU is about 20% faster than
+# running every model on one image before the next (the models' weights and buffers stay warm).
+CHUNK = 8
+
+
 def compute(items, pending: list, models: list, put, crf, labelset, skipped: list,
             progress=None, cancelled=None, backends=None) -> int:
-    """Compute the pending rows and hand each image's to ``put(rows, bad)`` (:meth:`Store.put`: one
-    transaction per image). ``progress(done, total, text)`` is told after each image; ``cancelled()`` is
-    asked before each image and, if true, :class:`Cancelled` is raised."""
+    """Compute the pending rows, :data:`CHUNK` images at a time (decoded once, each model over all of them in
+    a row, each prediction scored on a second thread while the next forward runs), and hand each image's
+    rows to ``put(rows, bad)`` (:meth:`Store.put`: one transaction per image).
+    ``progress(done, total, text)`` is told the images finished after each model's pass over a chunk;
+    ``cancelled()`` is asked before each forward and, if true, what is finished is stored and
+    :class:`Cancelled` is raised."""
     if not pending:
         return 0
-    from .evaluate import ModelInput  # imports torch: only when there is something to compute
-
     by_name = {r.name: r for r in models}
     backends = backends or {}
     crfs = {k: (crf if i else None) for r in models for i, k in enumerate(_keys(crf, backends.get(r.name)))}
+    with ThreadPoolExecutor(1, thread_name_prefix="review-score") as pool:  # scores one model while the next runs
+        return _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progress, cancelled, backends,
+                               pool)
+
+
+def _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progress, cancelled, backends, pool) -> int:
+    from .evaluate import ModelInput  # imports torch: only when there is something to compute
+
     plain = bad_key(labelset)
-    computed = 0
-    for n, (i, lacking) in enumerate(pending):
-        if cancelled is not None and cancelled():
-            raise Cancelled(f"cancelled after {n} of {len(pending)} images; run again to resume")
-        item, image_sha, label_sha = items[i]
+    computed = finished = 0
+    for start in range(0, len(pending), CHUNK):
+        chunk = []  # (hashes, lacking, inputs, truth, rows) of each readable image
+        for i, lacking in pending[start:start + CHUNK]:
+            item, image_sha, label_sha = items[i]
+            try:
+                image, gt = load_pair(item, labelset)
+            except InputError as e:
+                skipped.append((item.name, str(e)))
+                put([], [(image_sha, label_sha, plain, str(e))])
+                finished += 1
+                continue
+            chunk.append(((image_sha, label_sha), lacking, ModelInput(image),
+                          Truth(gt, labelset.num_classes, labelset.ignore_index), []))
+        scoring = []  # (rows of the image, future of its rows from one model)
         try:
-            image, gt = load_pair(item, labelset)
-        except InputError as e:
-            skipped.append((item.name, str(e)))
-            put([], [(image_sha, label_sha, plain, str(e))])
-            continue
-        rows, truth, inputs = [], Truth(gt, labelset.num_classes, labelset.ignore_index), ModelInput(image)
-        for name in dict.fromkeys(m for m, _ in lacking):
-            keys = [k for m, k in lacking if m == name]
-            rows += _rows(by_name[name], inputs, truth, keys, crfs, (image_sha, label_sha), backends.get(name))
-        put(rows, [])
-        computed += len(rows)
+            for name in dict.fromkeys(m for _, lacking, *_ in chunk for m, _ in lacking):
+                for hashes, lacking, inputs, truth, rows in chunk:
+                    keys = [k for m, k in lacking if m == name]
+                    if not keys:
+                        continue
+                    if cancelled is not None and cancelled():
+                        for rows_of, future in scoring:
+                            rows_of += future.result()
+                        done = finished + sum(len(rows) == len(lacking) for _, lacking, _, _, rows in chunk)
+                        raise Cancelled(f"cancelled after {done} of {len(pending)} images; run again to resume")
+                    record = by_name[name]
+                    logits = _forward(record, inputs, backends.get(name))
+                    while len(scoring) >= 2:  # at most two models' logits wait (7.6 MB each at 360x480)
+                        rows_of, future = scoring.pop(0)
+                        rows_of += future.result()
+                    scoring.append((rows, pool.submit(_score, record, logits, inputs.image, truth, keys, crfs, hashes)))
+                if progress is not None:
+                    progress(finished, len(pending), by_name[name].short)
+            for rows_of, future in scoring:
+                rows_of += future.result()
+        finally:  # what was computed is kept, also when cancelled
+            for *_, rows in chunk:
+                if rows:
+                    put(rows, [])
+                    computed += len(rows)
+        finished += len(chunk)
         if progress is not None:
-            progress(n + 1, len(pending), item.name)
+            progress(finished, len(pending), items[pending[min(start + CHUNK, len(pending)) - 1][0]][0].name)
     return computed
 
 
