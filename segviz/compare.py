@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from . import records, viz
+from .evaluate import ModelInput, labels_of, logits_of
 from .metrics import confusion_matrix, scores
 from .records import Record, resolve
 
@@ -89,21 +90,24 @@ def image_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
 
 
-def predict_one(name: str, image: np.ndarray, keep_probs: bool = False) -> Prediction:
-    """One model (a record name) on one image, cached on (image, model)."""
-    from .inference import predict
+def predict_one(name: str, image: np.ndarray, keep_probs: bool = False, inputs=None) -> Prediction:
+    """One model (a record name) on one image, cached on (image, model). ``inputs``: the image's
+    :class:`segviz.evaluate.ModelInput` when several models run on it (normalised once for them all).
+    ``ms`` is the forward alone; the arg-max skips the softmax unless the probabilities are kept."""
+    from .inference import load_runner
 
     key = (image_key(image), name)
     hit = _CACHE.get(key)
     if hit is not None and (hit.probs is not None or not keep_probs):
         return hit
-    from .inference import load_runner
-
     runner = load_runner(name)
+    x = (inputs or ModelInput(image)).for_model(runner, runner.device)
     t = time.perf_counter()
-    probs = predict(runner, image)
+    logits = logits_of(runner, x, runner.device)
     ms = (time.perf_counter() - t) * 1000
-    result = Prediction(name, probs.argmax(0).astype(np.uint8), ms, probs if keep_probs else None, runner.backend)
+    probs = logits.softmax(1)[0].cpu().numpy() if keep_probs else None
+    labels = probs.argmax(0) if probs is not None else labels_of(logits)
+    result = Prediction(name, labels.astype(np.uint8), ms, probs, runner.backend)
     _CACHE[key] = result
     return result
 
@@ -184,10 +188,11 @@ def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, p
         raise ValueError("select at least one model")
     chosen = resolve(names)
     result = Comparison(image, chosen, [], gt, crf_params)
+    inputs = ModelInput(image)
     for i, r in enumerate(chosen):
         if progress:
             progress(i / len(chosen), f"running {r.short}")
-        result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None))
+        result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None, inputs=inputs))
     if crf_params is not None:
         if progress:
             progress(0.0, f"dense CRF on {len(chosen)} models")

@@ -1,15 +1,13 @@
-"""Load trained models (cached, on CUDA when present) and predict label maps."""
+"""Load trained models (cached, on CUDA when present), as modules or on a backend runner."""
 from __future__ import annotations
 
 import functools
 import os
 import threading
 
-import numpy as np
 import torch
 
 from . import records, registry
-from .evaluate import predict_logits
 from .weights import MANIFEST, WeightsError, load_safetensors
 
 
@@ -71,12 +69,6 @@ def _load_runner(name: str, backend: str | None = None, manifest: str = str(MANI
     if not record.trained_here:
         return backends.make(model, "torch")
     return backends.runner(model, record.sha256, backend)
-
-
-def predict(model, image: np.ndarray) -> np.ndarray:
-    """Softmax probabilities (C, H, W) float32 of one RGB uint8 image (a module or a backend runner)."""
-    device = model.device if hasattr(model, "device") else next(model.parameters()).device
-    return predict_logits(model, image, device).softmax(1)[0].cpu().numpy()
 
 
 def warm_up(dataset: str = "camvid", log=print) -> None:

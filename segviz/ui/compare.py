@@ -9,7 +9,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -189,9 +191,39 @@ def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = F
     """Yield (record, prediction) model by model: the Compare tab shows each overlay as it is ready
     (the predictions are cached, so the full comparison that follows does not run them again)."""
     from ..compare import predict_one
+    from ..evaluate import ModelInput
 
+    inputs = ModelInput(image)
     for r in resolve(list(names)):
-        yield r, predict_one(r.name, image, keep_probs=keep_probs)
+        yield r, predict_one(r.name, image, keep_probs=keep_probs, inputs=inputs)
+
+
+def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clock: Stopwatch):
+    """:func:`stream_predictions` with the models on a thread of their own, so that the next model runs
+    while the caller colours and sends the last overlay (``clock``'s "models" counts that thread's time).
+    Closing the generator (a cancelled run) stops the models after the one running."""
+    ready, stop = queue.Queue(), threading.Event()
+
+    def produce():
+        try:
+            stream = stream_predictions(image, names, keep_probs)
+            while not stop.is_set():
+                with clock("models"):
+                    item = next(stream, None)
+                ready.put(item)
+                if item is None:
+                    return
+        except BaseException as e:  # handed to the caller, which raises it in the request
+            ready.put(e)
+
+    threading.Thread(target=produce, name="compare-models", daemon=True).start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def restyle(view: CompareView | None, alpha: float) -> list:
@@ -331,14 +363,12 @@ def build_tab(gr, user_error):
                 ready, _ = loadable(names)
             tiles = []
             skip = [gr.skip()] * (len(outputs) - 2)
-            stream = stream_predictions(working, ready, keep_probs=crf is not None)
-            for i in range(len(ready)):
-                with clock("models"):
-                    r, p = next(stream)
-                progress(i / len(ready), desc=f"ran {r.short}")
-                with clock("colouring"):
-                    tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
-                yield [gr.skip(), list(tiles)] + skip
+            with user_error():
+                for i, (r, p) in enumerate(predictions_ahead(working, ready, crf is not None, clock)):
+                    progress(i / len(ready), desc=f"ran {r.short}")
+                    with clock("colouring"):
+                        tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
+                    yield [gr.skip(), list(tiles)] + skip
             with user_error(), clock("figures"):
                 out = shown(run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf))
             out[outputs.index(notes)] += f"\n\n<small>{clock}</small>"
