@@ -284,6 +284,35 @@ def test_run_can_be_cancelled_and_old_outputs_are_deleted():
     assert demo.delete_cache and demo.delete_cache[1] > 0
 
 
+def test_models_run_ahead_of_the_overlays_and_stop_when_the_run_is_closed(monkeypatch):
+    """The Compare tab colours and sends one overlay while the next model runs; a model's error reaches the
+    request, and a closed (cancelled) run stops the models after the one running."""
+    import threading
+
+    from segviz.ui import compare as ui_compare
+
+    ran, gate = [], threading.Event()
+
+    def fake_stream(image, names, keep_probs=False):
+        for n in names:
+            if n == "broken":
+                raise ValueError("broken has no weights")
+            ran.append(n)
+            yield n, n.upper()
+            gate.wait(5)  # the next model starts only when the test lets it
+
+    monkeypatch.setattr(ui_compare, "stream_predictions", fake_stream)
+    clock = ui_compare.Stopwatch()
+    ahead = ui_compare.predictions_ahead(None, ["a", "b", "c"], False, clock)
+    assert next(ahead) == ("a", "A")
+    ahead.close()  # cancelled while "b" waits to start
+    gate.set()
+    time.sleep(0.3)
+    assert ran == ["a", "b"] and "models" in clock.seconds  # "c" never ran
+    with pytest.raises(ValueError, match="broken has no weights"):
+        list(ui_compare.predictions_ahead(None, ["x", "broken"], False, ui_compare.Stopwatch()))
+
+
 # --------------------------------------------------------------------------- a live server
 @pytest.fixture(scope="module")
 def server():
