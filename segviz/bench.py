@@ -3,9 +3,10 @@
 Timings are medians of ``runs`` forwards after ``warmup`` forwards, fp32. Every model is timed
 on every backend (:mod:`segviz.backends`: torch contiguous, torch channels_last, OpenVINO,
 ONNX Runtime) with its trained weights when it has them; the fastest backend that agrees with
-torch is the one the app would choose. The reference is timed twice: as torchvision builds it
-(contiguous; ``ratio`` is against this one) and channels_last; the headline ratio is against the
-faster of the two.
+torch is the one the app would choose. The reference is timed as torchvision builds it
+(contiguous; ``ratio`` is against this one) and channels_last, each before and after the models
+(averaged); the headline ratio is against the faster of the two layouts. Each model's multiply-adds
+(``gmacs``) and the rate its chosen backend achieves tell work from speed.
 """
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int = 2, runs:
     return statistics.median(times)
 
 
+def gmacs(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Billions of multiply-adds of one forward (torch's FLOP counter halved: what torchvision's weights
+    metadata calls "GFLOPS", e.g. 4.089 for ResNet-50 at 224x224)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 2e9
+
+
 def reference_model() -> torch.nn.Module:
     import torchvision
 
@@ -63,11 +74,16 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
     dev = torch.device(device)
     x = torch.rand(1, 3, *size, device=dev)
     ref = reference_model().to(dev).eval()
-    ref_s = time_forward(ref, x.contiguous(), warmup, runs)  # as torchvision builds and users run it
-    ref_cl_s = time_forward(ref.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last),
-                            warmup, runs)
-    del ref
-    fastest_ref_ms = min(ref_s, ref_cl_s) * 1000
+    ref_gmacs = gmacs(ref, x.contiguous())
+
+    def time_reference() -> tuple[float, float]:
+        """As torchvision builds and users run it (contiguous), and channels_last."""
+        plain = time_forward(ref.to(memory_format=torch.contiguous_format), x.contiguous(), warmup, runs)
+        cl = time_forward(ref.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last),
+                          warmup, runs)
+        return plain, cl
+
+    before = time_reference()
     which = tuple(backends or (be.BACKENDS if dev.type == "cpu" else ("torch",)))
     trained = set(trained_networks())
     rows = []
@@ -78,18 +94,33 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
         measured = be.measure(model, None, size=size, backends=which, runs=runs)
         chosen = be.fastest(measured)
         ms = measured[chosen]["ms"]
+        work = gmacs(model, x)
         rows.append({"name": name, "compact": spec.compact, "trained": name in trained, "backends": measured,
-                     "backend": chosen, "ms": ms, "ratio": round(ms / (ref_s * 1000), 3)})
+                     "backend": chosen, "ms": ms, "ratio": None, "gmacs": round(work, 3),
+                     "gmacs_per_s": round(work / ms * 1000, 1)})
         if progress:
             progress(rows[-1])
-    compact = sum(r["ms"] for r in rows if r["compact"] and r["trained"])
+    # The reference is timed before and after the models and the two averaged: a shared CPU's speed drifts
+    # over a run of minutes, and the ratio should not depend on when the reference happened to run.
+    after = time_reference()
+    del ref
+    ref_s, ref_cl_s = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    fastest_ref_ms = min(ref_s, ref_cl_s) * 1000
+    for r in rows:
+        r["ratio"] = round(r["ms"] / (ref_s * 1000), 3)
+    counted = [r for r in rows if r["compact"] and r["trained"]]
+    compact, compact_gmacs = sum(r["ms"] for r in counted), sum(r["gmacs"] for r in counted)
     return {"size": list(size), "device": str(dev), "threads": torch.get_num_threads(), "warmup": warmup, "runs": runs,
             "cpu": be.cpu_name(), "versions": be.versions(),
-            "reference": {"name": "torchvision deeplabv3_resnet50 (random weights)", "ms": round(ref_s * 1000, 1)},
-            "reference_channels_last": {"ms": round(ref_cl_s * 1000, 1)},
+            "reference": {"name": "torchvision deeplabv3_resnet50 (random weights)", "ms": round(ref_s * 1000, 1),
+                          "gmacs": round(ref_gmacs, 2), "before_after_ms": [round(t * 1000, 1) for t in (before[0], after[0])]},
+            "reference_channels_last": {"ms": round(ref_cl_s * 1000, 1),
+                                        "before_after_ms": [round(t * 1000, 1) for t in (before[1], after[1])]},
             "models": rows, "compact_sum_ms": round(compact, 1), "compact_sum_ratio": round(compact / (ref_s * 1000), 3),
             "compact_sum_ratio_channels_last": round(compact / (ref_cl_s * 1000), 3),
-            "compact_sum_ratio_fastest_reference": round(compact / fastest_ref_ms, 3)}
+            "compact_sum_ratio_fastest_reference": round(compact / fastest_ref_ms, 3),
+            # The ratio the sum would have if every model ran at the reference's rate of multiply-adds per second.
+            "compact_sum_gmacs": round(compact_gmacs, 2), "compact_sum_gmacs_ratio": round(compact_gmacs / ref_gmacs, 3)}
 
 
 def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int = 5, seed: int = 0) -> dict:

@@ -136,11 +136,11 @@ def cmd_bench(args) -> int:
     which = tuple(args.backend) if args.backend else None
     shown = which or BACKENDS
     if not args.json:
-        print(f"{'model':32} " + " ".join(f"{b:>19}" for b in shown) + f" {'chosen':>19} {'x ref':>7}")
+        print(f"{'model':32} " + " ".join(f"{b:>19}" for b in shown) + f" {'chosen':>19} {'GMACs':>7} {'GMACs/s':>8}")
 
     def row(r):
         cells = [f"{r['backends'][b]['ms']:19.1f}" if "ms" in r["backends"].get(b, {}) else f"{'-':>19}" for b in shown]
-        print(f"{r['name']:32} " + " ".join(cells) + f" {r['backend']:>19} {r['ratio']:7.3f}")
+        print(f"{r['name']:32} " + " ".join(cells) + f" {r['backend']:>19} {r['gmacs']:7.2f} {r['gmacs_per_s']:8.1f}")
 
     result = bench(names, size=args.size, warmup=args.warmup, runs=args.runs, device=args.device,
                    progress=None if args.json else row, backends=which)
@@ -148,8 +148,11 @@ def cmd_bench(args) -> int:
         print(json.dumps(result, indent=1))
     else:
         ref = result["reference"]
-        print(f"{'reference: ' + ref['name']:32} {ref['ms']:8.1f}   1.000")
-        print(f"{'reference, channels_last':32} {result['reference_channels_last']['ms']:8.1f}")
+        cl = result["reference_channels_last"]
+        print(f"{'reference: ' + ref['name']:32} {ref['ms']:8.1f} ms (before the models {ref['before_after_ms'][0]}, "
+              f"after {ref['before_after_ms'][1]}; {ref['gmacs']:.2f} GMACs)")
+        print(f"{'reference, channels_last':32} {cl['ms']:8.1f} ms (before {cl['before_after_ms'][0]}, after "
+              f"{cl['before_after_ms'][1]})")
         for r in result["models"]:
             for b, m in r["backends"].items():
                 if "error" in m:
@@ -157,7 +160,8 @@ def cmd_bench(args) -> int:
         print(f"sum of trained compact models (chosen backends): {result['compact_sum_ms']:.1f} ms = "
               f"{result['compact_sum_ratio_fastest_reference']:.3f} x the reference's faster layout "
               f"({result['compact_sum_ratio']:.3f} x as built; {result['size'][0]}x{result['size'][1]}, "
-              f"{result['threads']} threads, {result['device']}, {result['cpu']})")
+              f"{result['threads']} threads, {result['device']}, {result['cpu']}); their multiply-adds: "
+              f"{result['compact_sum_gmacs']:.2f} G = {result['compact_sum_gmacs_ratio']:.3f} x the reference's")
     return 0
 
 
@@ -380,15 +384,18 @@ def cmd_report(args) -> int:
             print("| " + " | ".join(cells) + " |")
 
         print(f"\nms per forward, {b['size'][0]}x{b['size'][1]}, {b['threads']} threads, {b.get('cpu', b['device'])}\n")
-        row("model", *BACKENDS, "chosen", "x reference")
-        row(*["---"] * (len(BACKENDS) + 3))
+        row("model", *BACKENDS, "chosen", "x reference", "GMACs", "GMACs/s (chosen)")
+        row(*["---"] * (len(BACKENDS) + 5))
         for r in b["models"]:
             row(r["name"], *(f"{r['backends'][k]['ms']:.1f}" if "ms" in r["backends"].get(k, {}) else "-"
-                             for k in BACKENDS), r["backend"], f"{r['ratio']:.3f}")
-        ref, cl = b["reference"]["ms"], b["reference_channels_last"]["ms"]
-        row(f"reference: {b['reference']['name']}", f"{ref:.1f}", f"{cl:.1f}", *[""] * (len(BACKENDS) - 1), "1.000")
+                             for k in BACKENDS), r["backend"], f"{r['ratio']:.3f}", f"{r['gmacs']:.2f}",
+                f"{r['gmacs_per_s']:.1f}")
+        ref, cl = b["reference"], b["reference_channels_last"]["ms"]
+        row(f"reference: {ref['name']}", f"{ref['ms']:.1f}", f"{cl:.1f}", *[""] * (len(BACKENDS) - 1), "1.000",
+            f"{ref['gmacs']:.2f}", f"{ref['gmacs'] / min(ref['ms'], cl) * 1000:.1f}")
         row("**sum of trained compact models (chosen backends)**", *[""] * len(BACKENDS), f"{b['compact_sum_ms']:.1f}",
-            f"{b['compact_sum_ratio']:.3f} ({b['compact_sum_ratio_channels_last']:.3f} x the reference's faster layout)")
+            f"{b['compact_sum_ratio']:.3f} ({b['compact_sum_ratio_channels_last']:.3f} x the reference's faster layout)",
+            f"{b['compact_sum_gmacs']:.2f} ({b['compact_sum_gmacs_ratio']:.3f} x)", "")
     crf_file = PROJECT_ROOT / "assets" / "crf.json"
     if crf_file.exists():
         print("\n| model | val mIoU | + CRF (default) | 2nd half | + CRF default | + CRF tuned | tuned (sxy, srgb, compat) |")

@@ -54,6 +54,25 @@ def test_bench_json_has_backends_choice_and_ratios(capsys):
     assert row["trained"] and result["compact_sum_ms"] == row["ms"]  # the sum counts trained compact models
     fastest = min(ref, result["reference_channels_last"]["ms"])
     assert result["compact_sum_ratio_fastest_reference"] == pytest.approx(row["ms"] / fastest, abs=0.001)
+    assert row["gmacs_per_s"] == pytest.approx(row["gmacs"] / row["ms"] * 1000, rel=0.03)  # both rounded
+    assert result["compact_sum_gmacs_ratio"] == pytest.approx(row["gmacs"] / result["reference"]["gmacs"], abs=0.001)
+
+
+def test_bench_counts_multiply_adds_as_torchvision_metadata_does():
+    """torchvision lists each model's cost as "GFLOPS" in its weights' metadata: multiply-adds, in fact."""
+    import torch
+    import torchvision
+
+    from segviz.bench import gmacs, reference_model
+
+    resnet = torchvision.models.resnet50(weights=None).eval()
+    assert gmacs(resnet, torch.zeros(1, 3, 224, 224)) == pytest.approx(
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["_ops"], abs=0.001)
+    meta = torchvision.models.segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["_ops"]
+    aux = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                                             aux_loss=True).eval()
+    assert gmacs(aux, torch.zeros(1, 3, 520, 520)) == pytest.approx(meta, abs=0.001)  # its metadata counts the aux head
+    assert gmacs(reference_model().eval(), torch.zeros(1, 3, 520, 520)) < meta  # bench's reference runs without it
 
 
 def test_report_prints_the_bundled_models(capsys):
@@ -72,7 +91,8 @@ def test_report_prints_the_bundled_models(capsys):
     bench = json.loads((ROOT / "assets" / "bench.json").read_text())
     for r in bench["models"]:  # every backend's time and the chosen one
         row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))
-        assert row.endswith(f"| {r['backend']} | {r['ratio']:.3f} |") and f"| {r['ms']:.1f} |" in row
+        assert row.endswith(f"| {r['backend']} | {r['ratio']:.3f} | {r['gmacs']:.2f} | {r['gmacs_per_s']:.1f} |")
+        assert f"| {r['ms']:.1f} |" in row
 
 
 def test_bad_size_is_refused(capsys):
