@@ -212,9 +212,12 @@ def overlay_title(r: Record, p: Prediction, crf: bool = False) -> str:
     return f"{r.short} · {p.ms:.0f} ms · {p.backend}" + (" · CRF" if crf else "")
 
 
+def titles(c: Comparison) -> list[str]:
+    return [overlay_title(r, p, bool(c.refined)) for r, p in zip(c.records, c.predictions)]
+
+
 def overlays(c: Comparison, alpha: float) -> list[tuple[np.ndarray, str]]:
-    return [(viz.overlay(c.image, labels, c.labels, alpha), overlay_title(r, p, bool(c.refined)))
-            for r, p, labels in zip(c.records, c.predictions, c.shown())]
+    return [(viz.overlay(c.image, labels, c.labels, alpha), title) for labels, title in zip(c.shown(), titles(c))]
 
 
 def classes_at(c: Comparison, pixel: tuple[int, int]) -> list[list[str]]:

@@ -106,6 +106,8 @@ def trimap_confusion(pred: np.ndarray, target, num_classes: int | None = None, b
     """(len(bands), C, C): the confusion matrix of the pixels closer than each band width to a
     ground-truth boundary (:func:`boundaries` of ``target``, ignore label included). ``target`` may
     be a :class:`Truth`."""
+    if not isinstance(target, Truth) and num_classes is None:
+        raise ValueError("trimap_confusion needs num_classes when the target is a label map (or pass a Truth)")
     truth = target if isinstance(target, Truth) else Truth(target, num_classes, bands=bands)
     pred = truth.check(pred)
     n, k = truth.num_classes, len(truth.bands)

@@ -78,6 +78,12 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
     assert sum(c == "Road" for _, c in rows[:-1]) >= len(READY) - 1
     with pytest.raises(ValueError, match="outside the 480x360 image"):
         classes_at(r["view"].comparison, (360, 0))
+    # Overlays the page already has are used as they are, not drawn again; stale ones are not.
+    drawn = [(f"tile{i}.png", t) for i, (_, t) in enumerate(r["overlays"])]
+    assert run_compare(image, READY, 0.6, drawn=drawn)["overlays"] is drawn
+    fewer = drawn[:-1]
+    redrawn = run_compare(image, READY, 0.6, drawn=fewer)["overlays"]
+    assert redrawn is not fewer and all(isinstance(o, np.ndarray) for o, _ in redrawn)
     # The disagreement map carries its colour bar: magma from 0 (bottom) to all but one model (top).
     import matplotlib
 
@@ -135,6 +141,9 @@ def test_dense_crf_in_the_comparison(frame):
     header, rows = r["metrics"]
     assert header[1:3] == ["mIoU", "mIoU before CRF"] and abs(rows[0][1] - rows[0][2]) < 15
     assert r["overlays"][0][1].endswith("CRF")
+    streamed = [("tile.png", r["overlays"][0][1].removesuffix(" · CRF"))]  # before the CRF: not what is shown now
+    again = run_compare(image, READY[:1], 0.6, gt=mask, crf=params, drawn=streamed)
+    assert again["overlays"][0][0] is not streamed[0][0] and again["overlays"][0][1].endswith("CRF")
     with zipfile.ZipFile(export_card(r["view"])) as z:
         card = json.loads(z.read("card.json"))
     assert card["settings"]["crf"]["scale"] == 0.5 and card["metrics_before_crf"]

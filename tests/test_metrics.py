@@ -82,6 +82,8 @@ def test_trimap_bands_count_the_pixels_near_the_edge():
     assert bands[0].tolist() == [[0, 10], [0, 10]]
     assert bands[1].tolist() == [[0, 20], [0, 20]]
     assert bands[2].tolist() == [[0, 50], [0, 50]]
+    with pytest.raises(ValueError, match="needs num_classes"):
+        trimap_confusion(p, t)
 
 
 def test_boundary_fscore_within_the_tolerance():

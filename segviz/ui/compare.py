@@ -20,7 +20,7 @@ import numpy as np
 from .. import viz
 from .. import records
 from ..compare import (Comparison, classes_at, compare, comparison_card, crf_views, file_identity, load, metrics_table,
-                       overlay_title, overlays, resolve, shows)
+                       overlay_title, overlays, resolve, shows, titles)
 from ..preprocess import LabelsNotInSet, prepare_image, prepare_mask, whole_number
 
 
@@ -145,9 +145,11 @@ def _basename_paths(message: str) -> str:
     return re.sub(r"(?:/[^\s/'\"]+)+/([^\s/'\"]+)", r"\1", message)
 
 
-def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None) -> dict:
+def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None, drawn=None) -> dict:
     """Everything the Compare tab shows for one click of Run (``names``: record names of one label
-    set; ``crf``: CRFParams or None). Stateless: the names alone say which models and label set."""
+    set; ``crf``: CRFParams or None). Stateless: the names alone say which models and label set.
+    ``drawn``: the overlays already streamed to the page, as (file, title) in the models' order; used
+    as they are when they show the same thing (no CRF), instead of being drawn again."""
     if not names:
         raise ValueError("select at least one model")
     prepared = prepare_image(image)
@@ -173,7 +175,7 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
     files = {"input": file_identity(image), "ground_truth": file_identity(gt) if mask is not None else None}
     result = {
         "view": CompareView(c, notes, alpha, files),
-        "overlays": overlays(c, alpha),
+        "overlays": drawn if drawn and not c.refined and [t for _, t in drawn] == titles(c) else overlays(c, alpha),
         "legend": viz.legend_html(labelset, present),
         "disagreement": viz.disagreement_image(maps),
         "agreement": viz.agreement_figure(viz.agreement_matrix(maps), shorts),
@@ -370,7 +372,8 @@ def build_tab(gr, user_error):
                         tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
                     yield [gr.skip(), list(tiles)] + skip
             with user_error(), clock("figures"):
-                out = shown(run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf))
+                out = shown(run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf,
+                                        drawn=tiles))
             out[outputs.index(notes)] += f"\n\n<small>{clock}</small>"
             yield out
 
