@@ -116,7 +116,9 @@ class _Logits(torch.nn.Module):
 
 
 def _torch(model: torch.nn.Module, layout: torch.memory_format) -> Callable:
-    model = model.to(memory_format=layout).eval()
+    if _layout_of(model) != layout:  # a copy: the caller's module (load_model's, shared) keeps its own layout
+        model = copy.deepcopy(model).to(memory_format=layout)
+    model = model.eval()
     device = next(model.parameters()).device
 
     def run(x):
@@ -257,17 +259,54 @@ def remembered(sha256: str) -> str | None:
 
 
 def remember(sha256: str, backend: str, measured: dict) -> None:
+    _remember_entry(machine_key(sha256), {"backend": backend, "measured": measured})
+
+
+def _remember_entry(key: str, entry: dict) -> None:
     path = _choices_file()
     with _lock:
         try:
             choices = json.loads(path.read_text())
         except (OSError, ValueError):
             choices = {}
-        choices[machine_key(sha256)] = {"backend": backend, "measured": measured}
+        choices[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(choices, indent=1))
         os.replace(tmp, path)
+
+
+def _layout_of(model: torch.nn.Module) -> torch.memory_format:
+    from .evaluate import layout
+
+    return layout(model)
+
+
+def torch_layout(model: torch.nn.Module, sha256: str | None) -> torch.memory_format:
+    """The faster memory layout for running ``model`` in torch on this CPU (CUDA: channels_last, for its
+    fp16 tensor cores): from the backend measurement remembered for these weights when there is one,
+    else measured now (torch's two layouts only) and remembered; ``SEGVIZ_BACKEND=torch`` or
+    ``torch-channels-last`` forces one. Neither is fastest everywhere: on an AVX2-only EPYC
+    channels_last makes the dilated models 3-4x slower and the others faster."""
+    if next(model.parameters()).device.type == "cuda":
+        return torch.channels_last
+    names = {"torch": torch.contiguous_format, "torch-channels-last": torch.channels_last}
+    if requested() in names:  # SEGVIZ_BACKEND names a torch layout: that one, unmeasured
+        return names[requested()]
+    key = machine_key(sha256) if sha256 else None
+    try:
+        known = json.loads(_choices_file().read_text()) if key else {}
+    except (OSError, ValueError):
+        known = {}
+    measured = (known.get(key) or {}).get("measured") or (known.get(f"{key}|layout") or {}).get("measured") or {}
+    if not all("ms" in measured.get(n, {}) for n in names):
+        # at the full probe size: at a quarter of it the two layouts came within 10% for DeepLab v1, whose
+        # channels_last forward is 3.7x slower at 360x480 on the same CPU
+        measured = measure(model, None, backends=tuple(names), runs=1)
+        if key:
+            _remember_entry(f"{key}|layout", {"measured": measured})
+    timed = {n: measured[n]["ms"] for n in names if "ms" in measured.get(n, {})}
+    return names[min(timed, key=timed.get)] if timed else torch.contiguous_format
 
 
 def requested() -> str | None:

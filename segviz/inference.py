@@ -23,7 +23,8 @@ def load_model(name: str, weights: str | None = None, device: str | None = None,
 
 @functools.lru_cache(maxsize=32)
 def _load_model(name: str, weights: str | None, device: str | None, manifest: str) -> torch.nn.Module:
-    """A trained model in eval mode on ``device`` (default: CUDA when present). ``name`` is a record
+    """A trained model in eval mode on ``device`` (default: CUDA when present), in the memory layout
+    torch runs it fastest in on this machine (:func:`segviz.backends.torch_layout`). ``name`` is a record
     (``fcn8s_efficientnet_lite0.camvid``, or a registry key with one record); its weights are
     sha256-checked. With ``weights`` (a safetensors file), ``name`` may be any registry key.
     Cached per arguments."""
@@ -43,8 +44,12 @@ def _load_model(name: str, weights: str | None, device: str | None, manifest: st
             raise WeightsError(f"{weights} is not a readable safetensors file ({e})") from None
         model = load_safetensors(registry.build(spec.name, num_classes=int(meta.get("num_classes", 11))), weights,
                                  check="warn")
-    dev = torch.device(device) if device else default_device()
-    return model.to(dev, memory_format=torch.channels_last).eval()
+    from .backends import torch_layout
+    from .weights import sha256_file
+
+    model = model.to(torch.device(device) if device else default_device()).eval()
+    sha = records.get(name, manifest).sha256 if weights is None else sha256_file(weights)
+    return model.to(memory_format=torch_layout(model, sha))
 
 
 _runner_lock = threading.Lock()

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .evaluate import layout
+
 
 @dataclass(frozen=True)
 class Field:
@@ -283,7 +285,7 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
     was_training = model.training
     model.eval()
     try:
-        inp = model.normalize(raw.to(device)).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        inp = model.normalize(raw.to(device)).contiguous(memory_format=layout(model)).requires_grad_(True)
         with torch.enable_grad():
             logits = model(inp)["out"]
             if class_index is None:  # each input's own predicted class at the pixel

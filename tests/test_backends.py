@@ -180,3 +180,33 @@ def test_one_model_input_serves_every_model_with_the_same_normalisation(camvid_r
         alone = predict_logits(m, frame)
         assert torch.equal(logits_of(m, x), alone)
         assert np.array_equal(labels_of(alone), alone.argmax(1)[0].numpy())
+
+
+def test_torch_layout_is_measured_once_remembered_and_can_be_forced(monkeypatch):
+    """Neither memory layout is fastest everywhere: load_model runs each model in the one measured faster
+    on this machine, measured once per weights and remembered; SEGVIZ_BACKEND naming a torch layout forces it."""
+    from segviz.evaluate import layout
+    from segviz.registry import build
+
+    model = build("fcn8s_efficientnet_lite0", num_classes=11).eval()
+    calls, real = [], backends.measure
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("backends"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "measure", counting)
+    chosen = backends.torch_layout(model, "0" * 64)
+    assert calls == [("torch", "torch-channels-last")]
+    entry = json.loads(backends._choices_file().read_text())[backends.machine_key("0" * 64) + "|layout"]
+    timed = {n: m["ms"] for n, m in entry["measured"].items()}
+    faster = min(timed, key=timed.get)
+    assert chosen == {"torch": torch.contiguous_format, "torch-channels-last": torch.channels_last}[faster]
+    assert backends.torch_layout(model, "0" * 64) == chosen and len(calls) == 1  # remembered
+    monkeypatch.setenv("SEGVIZ_BACKEND", "torch-channels-last")
+    assert backends.torch_layout(model, "1" * 64) == torch.channels_last and len(calls) == 1
+    # A runner in the other layout works on a copy: the caller's (shared) module keeps its layout.
+    before = layout(model)
+    other = torch.channels_last if before == torch.contiguous_format else torch.contiguous_format
+    backends._torch(model, other)
+    assert layout(model) == before
