@@ -34,6 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .evaluate import layout as layout_of
+
 BACKENDS = ("torch", "torch-channels-last", "openvino", "onnxruntime")
 PROBE_SIZE = (360, 480)
 MIN_AGREEMENT = 0.999
@@ -116,7 +118,7 @@ class _Logits(torch.nn.Module):
 
 
 def _torch(model: torch.nn.Module, layout: torch.memory_format) -> Callable:
-    if _layout_of(model) != layout:  # a copy: the caller's module (load_model's, shared) keeps its own layout
+    if layout_of(model) != layout:  # a copy: the caller's module (load_model's, shared) keeps its own layout
         model = copy.deepcopy(model).to(memory_format=layout)
     model = model.eval()
     device = next(model.parameters()).device
@@ -274,12 +276,6 @@ def _remember_entry(key: str, entry: dict) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(choices, indent=1))
         os.replace(tmp, path)
-
-
-def _layout_of(model: torch.nn.Module) -> torch.memory_format:
-    from .evaluate import layout
-
-    return layout(model)
 
 
 def torch_layout(model: torch.nn.Module, sha256: str | None) -> torch.memory_format:

@@ -389,7 +389,13 @@ def _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progr
                 continue
             chunk.append(((image_sha, label_sha), lacking, ModelInput(image),
                           Truth(gt, labelset.num_classes, labelset.ignore_index), []))
-        scoring = []  # (rows of the image, future of its rows from one model)
+        scoring = []  # (rows of an image, future of one model's rows for it)
+
+        def drain(keep: int = 0):
+            while len(scoring) > keep:
+                rows_of, future = scoring.pop(0)
+                rows_of += future.result()
+
         try:
             for name in dict.fromkeys(m for _, lacking, *_ in chunk for m, _ in lacking):
                 for hashes, lacking, inputs, truth, rows in chunk:
@@ -397,20 +403,16 @@ def _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progr
                     if not keys:
                         continue
                     if cancelled is not None and cancelled():
-                        for rows_of, future in scoring:
-                            rows_of += future.result()
+                        drain()
                         done = finished + sum(len(rows) == len(lacking) for _, lacking, _, _, rows in chunk)
                         raise Cancelled(f"cancelled after {done} of {len(pending)} images; run again to resume")
                     record = by_name[name]
                     logits = _forward(record, inputs, backends.get(name))
-                    while len(scoring) >= 2:  # at most two models' logits wait (7.6 MB each at 360x480)
-                        rows_of, future = scoring.pop(0)
-                        rows_of += future.result()
+                    drain(keep=1)  # at most two models' logits wait (7.6 MB each at 360x480)
                     scoring.append((rows, pool.submit(_score, record, logits, inputs.image, truth, keys, crfs, hashes)))
                 if progress is not None:
                     progress(finished, len(pending), by_name[name].short)
-            for rows_of, future in scoring:
-                rows_of += future.result()
+            drain()
         finally:  # what was computed is kept, also when cancelled
             for *_, rows in chunk:
                 if rows:
