@@ -30,9 +30,10 @@ def predict_logits(model, image: np.ndarray, device="cpu") -> torch.Tensor:
 
 
 def labels_of(logits: torch.Tensor) -> np.ndarray:
-    """The arg-max class map (H, W) of logits (1, C, H, W). NumPy's arg-max over the leading axis of a
-    (C, H, W) array is several times faster on a CPU than torch's over dim 1; both take the first maximum."""
-    return logits[0].cpu().numpy().argmax(0)
+    """The arg-max class map (H, W) of logits (1, C, H, W), the first maximum on ties. On a CPU torch's
+    ``max`` over the leading dim of (C, H, W) takes 3.5 ms at 11x360x480, NumPy's ``argmax`` 7 ms and
+    torch's ``argmax`` 20-27 ms (same process, AMD EPYC)."""
+    return logits[0].max(0).indices.cpu().numpy()
 
 
 class ModelInput:
