@@ -167,6 +167,27 @@ def test_concurrent_writers_and_a_reader_corrupt_nothing(tmp_path):
     assert reader.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_a_run_cancelled_inside_a_chunk_keeps_every_finished_row(camvid_root, tmp_path):
+    """Each model runs over a chunk of frames in a row: a run cancelled after the first model's frames and
+    the second model's first frame stores those three rows, counts one image finished, and the rerun computes
+    only the missing row."""
+    models = [FCN8S, "fcn32s_efficientnet_lite0.camvid"]
+    source = review.camvid_source(camvid_root, "val", 2)
+    store = review.Store(tmp_path / "r.sqlite")
+    asked = []
+
+    def cancel_before_the_fourth_forward():
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(review.Cancelled, match="after 1 of 2 images"):
+        review.run(source, models, store, cancelled=cancel_before_the_fourth_forward)
+    assert store.db.execute("SELECT count(*) FROM results").fetchone()[0] == 3
+    resumed = review.run(source, models, store)
+    assert resumed.computed == 1 and len(resumed.items) == 2
+    store.close()
+
+
 def test_frames_rank_worst_first(reviewed):
     _, _, _, resumed = reviewed
     by_miou = review.rank(resumed, "miou", FCN8S)
