@@ -10,6 +10,7 @@ torch is the one the app would choose. The reference is timed as torchvision bui
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -121,6 +122,43 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
             "compact_sum_ratio_fastest_reference": round(compact / fastest_ref_ms, 3),
             # The ratio the sum would have if every model ran at the reference's rate of multiply-adds per second.
             "compact_sum_gmacs": round(compact_gmacs, 2), "compact_sum_gmacs_ratio": round(compact_gmacs / ref_gmacs, 3)}
+
+
+def bench_review(data=None, limit: int | None = None, warmup: int = 2, runs: int = 5, size=(360, 480)) -> dict:
+    """The Review's first pass against the models' own forwards, in one process: every CamVid model on the
+    runner the app chooses (``--backend auto``), its forward timed bench's way (median of ``runs`` after
+    ``warmup``, at ``size``) before and after a first pass over CamVid val into a fresh database, and the
+    frames and labels decoded once on their own. ``ratio``: the first pass over (frames x mean forwards per
+    frame + decoding); the issue's goal is 1.3 or less."""
+    import tempfile
+
+    from . import review
+    from .inference import load_runner
+
+    runners = [load_runner(r.name) for r in review.choose_models("all", "camvid")]
+    x = torch.rand(1, 3, *size)
+
+    def forwards() -> float:
+        return sum(time_forward(r, r.normalize(x), warmup, runs) for r in runners)
+
+    source = review.camvid_source(data, "val", limit)
+    t = time.perf_counter()
+    for item in source.items:
+        review.load_pair(item, source.labels)
+    decoding = time.perf_counter() - t
+    before = forwards()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = review.Store(os.path.join(tmp, "review.sqlite"))
+        t = time.perf_counter()
+        result = review.run(source, "all", store, backend="auto")
+        first = time.perf_counter() - t
+        store.close()
+    after = forwards()
+    n = len(result.items)
+    return {"frames": n, "models": len(runners), "first_pass_s": round(first, 2), "decoding_s": round(decoding, 2),
+            "forwards_per_frame_s": {"before": round(before, 3), "after": round(after, 3)},
+            "ratio": round(first / (n * (before + after) / 2 + decoding), 3),
+            "runners": {r.name: result.backends.get(r.name) for r in result.models}}
 
 
 def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int = 5, seed: int = 0) -> dict:

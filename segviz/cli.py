@@ -116,6 +116,16 @@ def cmd_bench(args) -> int:
               f"iterations: raw pydensecrf {result['raw_pydensecrf_ms']} ms, segviz {result['segviz_dense_crf_ms']} ms "
               f"({result['overhead'] * 100:+.1f}%)")
         return 0
+    if args.review:
+        from .bench import bench_review
+
+        result = bench_review(args.data, args.limit, args.warmup, args.runs, args.size)
+        f = result["forwards_per_frame_s"]
+        print(json.dumps(result, indent=1) if args.json else
+              f"Review's first pass over {result['frames']} CamVid val frames x {result['models']} models (chosen "
+              f"backends): {result['first_pass_s']} s = {result['ratio']:.2f} x the forwards ({f['before']} s per frame "
+              f"before, {f['after']} s after) + decoding ({result['decoding_s']} s)")
+        return 0
     if args.erf:
         from .bench import bench_erf
         from .data.camvid import default_root, read_split
@@ -548,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--crf", action="store_true", help="time the dense CRF wrapper against raw pydensecrf instead")
     b.add_argument("--erf", action="store_true", help="time the effective-receptive-field grid instead")
+    b.add_argument("--review", action="store_true",
+                   help="time the Review's first pass over CamVid val against the models' forwards instead")
+    b.add_argument("--limit", type=_int_at_least(1), default=None, help="with --review: the first N val frames")
     b.add_argument("--image", default=None, help="with --erf: the image (default: the first CamVid val frame)")
     b.add_argument("--data", default=None)
     b.add_argument("--json", action="store_true")

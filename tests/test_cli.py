@@ -58,6 +58,16 @@ def test_bench_json_has_backends_choice_and_ratios(capsys):
     assert result["compact_sum_gmacs_ratio"] == pytest.approx(row["gmacs"] / result["reference"]["gmacs"], abs=0.001)
 
 
+def test_bench_review_times_the_first_pass_against_the_forwards(capsys, camvid_root):
+    code, out, _ = run(capsys, "bench", "--review", "--limit", "1", "--runs", "1", "--warmup", "0", "--size", "64x96",
+                       "--data", str(camvid_root), "--json")
+    r = json.loads(out)
+    assert code == 0 and r["frames"] == 1 and r["models"] == len(r["runners"]) >= 10
+    f = r["forwards_per_frame_s"]
+    expected = r["first_pass_s"] / (r["frames"] * (f["before"] + f["after"]) / 2 + r["decoding_s"])
+    assert r["ratio"] == pytest.approx(expected, rel=0.02)  # rounded fields
+
+
 def test_bench_counts_multiply_adds_as_torchvision_metadata_does():
     """torchvision lists each model's cost as "GFLOPS" in its weights' metadata: multiply-adds, in fact."""
     import torch
