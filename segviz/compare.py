@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import records, viz
+from . import viz
 from .evaluate import ModelInput, labels_of, logits_of
 from .metrics import confusion_matrix, scores
 from .records import Record, resolve

@@ -8,7 +8,7 @@ import threading
 import torch
 
 from . import records, registry
-from .weights import MANIFEST, WeightsError, load_safetensors
+from .weights import MANIFEST, WeightsError, load_safetensors, sha256_file
 
 
 def default_device() -> torch.device:
@@ -29,7 +29,8 @@ def _load_model(name: str, weights: str | None, device: str | None, manifest: st
     sha256-checked. With ``weights`` (a safetensors file), ``name`` may be any registry key.
     Cached per arguments."""
     if weights is None:
-        model = records.get(name, manifest).load()
+        record = records.get(name, manifest)
+        model, sha = record.load(), record.sha256
     else:
         network = name.rsplit(".", 1)[0] if name not in registry.names() and "." in name else name
         spec = registry.get_spec(network)
@@ -44,11 +45,10 @@ def _load_model(name: str, weights: str | None, device: str | None, manifest: st
             raise WeightsError(f"{weights} is not a readable safetensors file ({e})") from None
         model = load_safetensors(registry.build(spec.name, num_classes=int(meta.get("num_classes", 11))), weights,
                                  check="warn")
+        sha = sha256_file(weights)
     from .backends import torch_layout
-    from .weights import sha256_file
 
     model = model.to(torch.device(device) if device else default_device()).eval()
-    sha = records.get(name, manifest).sha256 if weights is None else sha256_file(weights)
     return model.to(memory_format=torch_layout(model, sha))
 
 

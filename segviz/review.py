@@ -377,8 +377,9 @@ def _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progr
     plain = bad_key(labelset)
     computed = finished = 0
     for start in range(0, len(pending), CHUNK):
+        batch = pending[start:start + CHUNK]
         chunk = []  # (hashes, lacking, inputs, truth, rows) of each readable image
-        for i, lacking in pending[start:start + CHUNK]:
+        for i, lacking in batch:
             item, image_sha, label_sha = items[i]
             try:
                 image, gt = load_pair(item, labelset)
@@ -420,7 +421,7 @@ def _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progr
                     computed += len(rows)
         finished += len(chunk)
         if progress is not None:
-            progress(finished, len(pending), items[pending[min(start + CHUNK, len(pending)) - 1][0]][0].name)
+            progress(finished, len(pending), items[batch[-1][0]][0].name)
     return computed
 
 
