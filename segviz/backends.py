@@ -278,6 +278,19 @@ def _remember_entry(key: str, entry: dict) -> None:
         os.replace(tmp, path)
 
 
+def remembered_timings(sha256: str | None) -> dict[str, dict]:
+    """Every backend's timing remembered for these weights on this machine: the backend choice's and the
+    torch layouts' (:func:`torch_layout`), the choice's winning where both timed a backend."""
+    if not sha256:
+        return {}
+    key = machine_key(sha256)
+    try:
+        known = json.loads(_choices_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {**(known.get(f"{key}|layout") or {}).get("measured", {}), **(known.get(key) or {}).get("measured", {})}
+
+
 def torch_layout(model: torch.nn.Module, sha256: str | None) -> torch.memory_format:
     """The faster memory layout for running ``model`` in torch on this CPU (CUDA: channels_last, for its
     fp16 tensor cores): from the backend measurement remembered for these weights when there is one,
@@ -289,18 +302,13 @@ def torch_layout(model: torch.nn.Module, sha256: str | None) -> torch.memory_for
     names = {"torch": torch.contiguous_format, "torch-channels-last": torch.channels_last}
     if requested() in names:  # SEGVIZ_BACKEND names a torch layout: that one, unmeasured
         return names[requested()]
-    key = machine_key(sha256) if sha256 else None
-    try:
-        known = json.loads(_choices_file().read_text()) if key else {}
-    except (OSError, ValueError):
-        known = {}
-    measured = (known.get(key) or {}).get("measured") or (known.get(f"{key}|layout") or {}).get("measured") or {}
+    measured = remembered_timings(sha256)
     if not all("ms" in measured.get(n, {}) for n in names):
         # at the full probe size: at a quarter of it the two layouts came within 10% for DeepLab v1, whose
         # channels_last forward is 3.7x slower at 360x480 on the same CPU
         measured = measure(model, None, backends=tuple(names), runs=1)
-        if key:
-            _remember_entry(f"{key}|layout", {"measured": measured})
+        if sha256:
+            _remember_entry(f"{machine_key(sha256)}|layout", {"measured": measured})
     timed = {n: measured[n]["ms"] for n in names if "ms" in measured.get(n, {})}
     return names[min(timed, key=timed.get)] if timed else torch.contiguous_format
 
@@ -323,8 +331,9 @@ def runner(model: torch.nn.Module, sha256: str | None, backend: str | None = Non
     backend = backend or requested()
     if backend is None:
         backend = remembered(sha256) if sha256 else None
-        if backend is None:
-            measured = measure(model, sha256)
+        if backend is None:  # the torch layouts may already be timed (load_model chose one): not again
+            known = {n: m for n, m in remembered_timings(sha256).items() if "ms" in m}
+            measured = {**known, **measure(model, sha256, backends=tuple(b for b in BACKENDS if b not in known))}
             backend = fastest(measured)
             if sha256:
                 remember(sha256, backend, measured)

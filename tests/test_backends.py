@@ -59,7 +59,8 @@ def test_the_choice_is_measured_once_then_remembered(monkeypatch):
 
     def counting(*args, **kwargs):
         calls.append(1)
-        return real(*args, **kwargs, backends=("torch", "torch-channels-last"), runs=1)
+        kwargs.update(backends=("torch", "torch-channels-last"), runs=1)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(backends, "measure", counting)
     first = backends.runner(model, "sha-of-test-weights")
@@ -70,6 +71,23 @@ def test_the_choice_is_measured_once_then_remembered(monkeypatch):
     assert saved[key]["backend"] == first.backend and backends.cpu_name() in key
     ms = {b: m["ms"] for b, m in saved[key]["measured"].items()}
     assert first.backend == min(ms, key=ms.get)  # the fastest of those measured
+
+
+def test_torch_layouts_timed_by_load_model_are_not_timed_again_for_the_choice(monkeypatch):
+    model = load_model(MODELS[0], device="cpu")
+    sha = "1" * 64
+    backends._remember_entry(backends.machine_key(sha) + "|layout", {"measured": {
+        "torch": {"ms": 5.0, "agreement": 1.0}, "torch-channels-last": {"ms": 9.0, "agreement": 1.0}}})
+    asked = []
+
+    def fake(model, key=None, size=None, backends=(), runs=3):
+        asked.append(tuple(backends))
+        return {b: {"ms": 100.0, "agreement": 1.0} for b in backends}
+
+    monkeypatch.setattr(backends, "measure", fake)
+    chosen = backends.runner(model, sha)
+    assert asked == [("openvino", "onnxruntime")] and chosen.backend == "torch"  # 5 ms, remembered from before
+    assert json.loads(backends._choices_file().read_text())[backends.machine_key(sha)]["measured"]["torch"]["ms"] == 5.0
 
 
 def test_override_and_missing_backend(monkeypatch):
