@@ -316,7 +316,10 @@ def test_models_run_ahead_of_the_overlays_and_stop_when_the_run_is_closed(monkey
     assert next(ahead) == ("a", "A")
     ahead.close()  # cancelled while "b" waits to start
     gate.set()
-    time.sleep(0.3)
+    deadline = time.time() + 5
+    while len(ran) < 2 and time.time() < deadline:  # the model that was running finishes
+        time.sleep(0.05)
+    time.sleep(0.3)  # time enough for "c" to start, were the models not stopped
     assert ran == ["a", "b"] and "models" in clock.seconds  # "c" never ran
     with pytest.raises(ValueError, match="broken has no weights"):
         list(ui_compare.predictions_ahead(None, ["x", "broken"], False, ui_compare.Stopwatch()))

@@ -56,9 +56,10 @@ def test_efficientnet_lite_key_mapping_covers_every_tensor(variant, params, chan
     state = imagenet_state_dict(variant)
     model = efficientnet_lite(variant, with_classifier=True)
     assert set(state) == set(model.state_dict())
-    assert sum(v.numel() for k, v in state.items() if "num_batches" not in k and "running" not in k) == params
+    counted = sum(v.numel() for k, v in state.items() if "num_batches" not in k and "running" not in k)
+    assert counted == params and sum(p.numel() for p in model.parameters()) == counted
     assert model.channels == channels
-    assert round(params / 1e6, 1) == {"lite0": 4.7, "lite2": 6.1}[variant]
+    assert round(counted / 1e6, 1) == {"lite0": 4.7, "lite2": 6.1}[variant]  # the TF README's figures
 
 
 def test_dilated_efficientnet_keeps_the_imagenet_features_at_the_centre():
