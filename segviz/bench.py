@@ -198,10 +198,15 @@ def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int 
             "overhead": round(ours_s / raw_s - 1, 4), "max_abs_difference": difference}
 
 
-def bench_erf(image, pixel=(180, 240), model_set: str = "camvid", runs: int = 3) -> dict:
-    """Time the Receptive field tab's work for every ready model: the first call (loads models, traces the
+def bench_erf(image, pixel=None, model_set: str = "camvid", runs: int = 3) -> dict:
+    """Time the Receptive field tab's work for every ready model at ``pixel`` (default: the centre): the first call (loads models, traces the
     theoretical fields), the median of warm calls at a new pixel each (the gradients), and the median of
-    calls at the first pixel again (tiles already made)."""
+    calls at the first pixel again (tiles already made). The reference, in the same process: each model's
+    own forward and plain autograd backward to the input at a new pixel, summed (what a warm call cost
+    before :mod:`segviz.gradients`)."""
+    from .compare import load
+    from .evaluate import layout
+    from .preprocess import prepare_image, scale_pixel
     from .receptive_field import erf_grid
 
     names = [r.name for r in records.records(model_set) if r.missing() is None]
@@ -211,9 +216,28 @@ def bench_erf(image, pixel=(180, 240), model_set: str = "camvid", runs: int = 3)
         erf_grid(image, at, names)
         return time.perf_counter() - t
 
+    prepared = prepare_image(image)
+    img = prepared.image
+    pixel = pixel or (prepared.original_size[0] // 2, prepared.original_size[1] // 2)
+    raw = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float().div(255)
+
+    def plain(at):
+        at = scale_pixel(at, prepared.original_size, img.shape[:2])
+        t = time.perf_counter()
+        for name in names:
+            model = load(name)
+            inp = model.normalize(raw).contiguous(memory_format=layout(model)).requires_grad_(True)
+            with torch.enable_grad():
+                torch.autograd.grad(model(inp)["out"][0, 0, at[0], at[1]], inp)
+        return time.perf_counter() - t
+
     first = timed(pixel)
+    reference = [plain((pixel[0] - 3 * k, pixel[1] + 4 * k)) for k in range(1, runs + 1)]
     warm = [timed((pixel[0] + 5 * k, pixel[1] - 7 * k)) for k in range(1, runs + 1)]
+    reference += [plain((pixel[0] - 3 * k, pixel[1] - 4 * k)) for k in range(1, runs + 1)]
     again = [timed(pixel) for _ in range(runs)]
+    warm_s, reference_s = statistics.median(warm), statistics.median(reference)
     return {"models": names, "pixel": list(pixel), "threads": torch.get_num_threads(),
-            "first_call_s": round(first, 2), "warm_median_s": round(statistics.median(warm), 2),
-            "same_pixel_again_s": round(statistics.median(again), 3)}
+            "first_call_s": round(first, 2), "warm_median_s": round(warm_s, 2),
+            "same_pixel_again_s": round(statistics.median(again), 3),
+            "plain_autograd_s": round(reference_s, 2), "warm_vs_plain_autograd": round(warm_s / reference_s, 3)}

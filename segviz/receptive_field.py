@@ -268,7 +268,11 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
     images (one batch, one backward pass) and the maps summed: the image-independent version.
     Returns (map (H, W), class).
     """
+    import hashlib
+
     import numpy as np
+
+    from .gradients import input_gradient
 
     if image is None:
         raise ValueError("effective_field needs an image (its size, and its content unless samples > 0)")
@@ -277,31 +281,36 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
     h, w = image.shape[:2]
     if not (0 <= y < h and 0 <= x < w):
         raise ValueError(f"pixel ({y}, {x}) is outside the {w}x{h} image")
-    if samples > 0:
-        g = torch.Generator().manual_seed(seed)
-        raw = torch.cat([torch.rand(1, 3, h, w, generator=g) for _ in range(samples)])
-    else:
-        raw = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)
-    was_training = model.training
-    model.eval()
-    try:
-        inp = model.normalize(raw.to(device)).contiguous(memory_format=layout(model)).requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(inp)["out"]
-            if class_index is None:  # each input's own predicted class at the pixel
-                classes = logits[:, :, y, x].argmax(1)
-            else:
-                if not 0 <= class_index < logits.shape[1]:
-                    raise ValueError(f"class {class_index} does not exist; the model has {logits.shape[1]} classes")
-                classes = torch.full((len(raw),), class_index)
-            # The inputs of a batch are independent (eval mode): one backward gives each one's gradient.
-            (grad,) = torch.autograd.grad(logits[torch.arange(len(raw)), classes, y, x].sum(), inp)
-    finally:
-        model.train(was_training)
+    n = samples if samples > 0 else 1
+
+    def make_input():
+        if samples > 0:
+            g = torch.Generator().manual_seed(seed)
+            raw = torch.cat([torch.rand(1, 3, h, w, generator=g) for _ in range(samples)])
+        else:
+            raw = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)
+        return model.normalize(raw.to(device)).contiguous(memory_format=layout(model))
+
+    chosen = []
+
+    def select(logits):
+        if class_index is None:  # each input's own predicted class at the pixel
+            classes = logits[:, :, y, x].argmax(1)
+        elif 0 <= class_index < logits.shape[1]:
+            classes = torch.full((n,), class_index, device=logits.device)
+        else:
+            raise ValueError(f"class {class_index} does not exist; the model has {logits.shape[1]} classes")
+        chosen.append(classes)
+        # The inputs of a batch are independent (eval mode): one backward gives each one's gradient.
+        return logits[torch.arange(n), classes, y, x].sum()
+
+    key = ("random", samples, seed, h, w) if samples > 0 else \
+        ("image", hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest(), h, w)
+    grad, _ = input_gradient(model, key, make_input, select)
     total = grad.abs().sum(1).sum(0)
     erf = total / total.max().clamp_min(1e-12)
-    chosen = class_index if class_index is not None or samples > 0 else int(classes[0])
-    return erf.detach().cpu().numpy(), chosen
+    out_class = class_index if class_index is not None or samples > 0 else int(chosen[0][0])
+    return erf.detach().cpu().numpy(), out_class
 
 
 def field_box(field: tuple[Field, Field], pixel: tuple[int, int]):

@@ -68,6 +68,18 @@ def test_bench_review_times_the_first_pass_against_the_forwards(capsys, camvid_r
     assert r["ratio"] == pytest.approx(expected, rel=0.02)  # rounded fields
 
 
+def test_bench_erf_times_the_grid_against_plain_autograd(capsys, tmp_path):
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "small.png"
+    cv2.imwrite(str(image), (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
+    code, out, _ = run(capsys, "bench", "--erf", "--image", str(image), "--runs", "1", "--json")
+    r = json.loads(out)
+    assert code == 0 and len(r["models"]) >= 10 and r["pixel"] == [24, 32]
+    assert r["warm_vs_plain_autograd"] == pytest.approx(r["warm_median_s"] / r["plain_autograd_s"], rel=0.1)  # rounded
+
+
 def test_bench_counts_multiply_adds_as_torchvision_metadata_does():
     """torchvision lists each model's cost as "GFLOPS" in its weights' metadata: multiply-adds, in fact."""
     import torch

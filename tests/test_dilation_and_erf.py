@@ -88,6 +88,56 @@ def test_effective_field_lies_inside_the_theoretical_one():
         effective_field(model, image, (1, 1), class_index=5)
 
 
+@pytest.mark.parametrize("name", ["deeplabv1_efficientnet_lite0", "deeplabv2_efficientnet_lite0", "pspnet_efficientnet_lite0",
+                                  "segnet_efficientnet_lite0", "unet_efficientnet_lite0"])
+def test_gradient_twin_has_the_models_forward_and_input_gradient(name):
+    # The twin folds batch norm, flips depthwise kernels for their input gradient and keeps ReLU masks:
+    # its logits and input gradient must be the network's own (plain autograd), with trained-like
+    # batch-norm statistics and asymmetric kernels.
+    from segviz.gradients import gradient_twin
+
+    torch.manual_seed(0)
+    model = registry.build(name, num_classes=5, backbone_weights=None).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5), nn.init.uniform_(m.bias, -0.2, 0.2)
+    twin = gradient_twin(model)
+    assert gradient_twin(model) is twin and not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    x = torch.randn(1, 3, 64, 96)
+    grads = []
+    for net in (model, twin):
+        inp = x.clone().requires_grad_(True)
+        out = net(inp)["out"]
+        (g,) = torch.autograd.grad(out[0, 2, 30, 41], inp)
+        grads.append((out.detach(), g))
+    (out, g), (out_t, g_t) = grads
+    assert torch.allclose(out_t, out, atol=1e-4, rtol=1e-4)
+    assert g.abs().max() > 0 and torch.allclose(g_t, g, atol=1e-5 * g.abs().max().item(), rtol=1e-3)
+    assert all(p.requires_grad for p in model.parameters())  # the model itself is untouched
+
+
+def test_effective_field_keeps_the_forward_for_a_new_pixel(monkeypatch):
+    import segviz.gradients as gradients
+
+    torch.manual_seed(0)
+    model = Tiny()
+    image = (np.random.default_rng(1).random((32, 40, 3)) * 255).astype(np.uint8)
+    calls = []
+    forward = Tiny.forward
+    monkeypatch.setattr(Tiny, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    gradients.forget_graphs()
+    a, _ = effective_field(model, image, (10, 20))
+    b, _ = effective_field(model, image, (20, 5))  # same image: the kept graph, no new forward
+    assert len(calls) == 1 and np.nonzero(a)[0].max() <= 12 and np.nonzero(b)[0].min() >= 18
+    effective_field(model, image[::-1].copy(), (10, 20))  # a new image replaces the kept graph
+    assert len(calls) == 2 and len(gradients._GRAPHS) == 1
+    monkeypatch.setattr(gradients, "KEPT_GRAPH_BYTES", 0)  # over the bound: the latest graph only
+    other = Tiny()
+    effective_field(other, image, (10, 20))
+    assert len(gradients._GRAPHS) == 1
+
+
 def test_dilation_handlers():
     from segviz.ui.dilation import coverage, parse_rates
 
