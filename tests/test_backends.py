@@ -157,7 +157,7 @@ def test_every_backend_computes_torchs_logits(name):
     available = [b for b in backends.BACKENDS if not backends.missing(b)]
     assert {"openvino", "onnxruntime"} <= set(available) or len(available) >= 2
     runners = {b: backends.make(model, b) for b in available}
-    for size in [(96, 128), (120, 160)]:
+    for size in [(96, 128), (120, 160), (96, 128)]:  # OpenVINO: the size seen again runs on its own compiled model
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             ref = model(x)["out"]
@@ -166,6 +166,24 @@ def test_every_backend_computes_torchs_logits(name):
             out = runner.fn(x)
             assert out.shape == ref.shape, (b, size)
             torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=f"{name} on {b} at {size}")
+
+
+def test_openvino_compiles_a_size_seen_twice_and_keeps_the_last_few(monkeypatch):
+    ov = pytest.importorskip("openvino")
+    from segviz.registry import build
+
+    compiled = []
+    compile_model = ov.Core.compile_model
+    monkeypatch.setattr(ov.Core, "compile_model", lambda self, model, *a, **k: compiled.append(
+        [d.get_length() if d.is_static else -1 for d in model.input(0).get_partial_shape()]) or compile_model(self, model, *a, **k))
+    monkeypatch.setattr(backends, "STATIC_SIZES", 2)
+    run = backends.make(build("fcn8s_efficientnet_lite0", num_classes=3).eval(), "openvino").fn
+    sizes = [(64, 96), (64, 96), (64, 96), (32, 64), (96, 64), (64, 96), (64, 96)]
+    for h, w in sizes:
+        assert run(torch.randn(1, 3, h, w)).shape == (1, 3, h, w)
+    # dynamic once; 64x96 on its second sighting; 32x64 and 96x64 seen once; 64x96 pushed out by them,
+    # seen once more (dynamic), then compiled again
+    assert compiled == [[1, 3, -1, -1], [1, 3, 64, 96], [1, 3, 64, 96]]
 
 
 def test_the_app_says_once_when_a_faster_backend_is_missing(monkeypatch):
