@@ -37,6 +37,45 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
             "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
 
 
+def run_directory(path: str | os.PathLike) -> Path:
+    """A training run's folder: ``path`` itself when it holds recipe.json, else its one subfolder that does
+    (``train --out DIR`` writes DIR/MODEL/)."""
+    path = Path(path)
+    if (path / "recipe.json").exists():
+        return path
+    found = sorted(p.parent for p in path.glob("*/recipe.json"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{path} holds {'no' if not found else len(found)} training runs (recipe.json); "
+                                "name one run's folder")
+    return found[0]
+
+
+def runs_table(paths) -> list[str]:
+    """Markdown rows comparing training runs validated on a held-out sequence (an ablation): each run's recipe
+    where it differs from the first run's, its best epoch's mIoU (11 classes, and 10 without Bicyclist), the
+    last validated epoch's, pixel accuracy and how far it has got. Runs still training show their progress."""
+    rows = ["| run | recipe (vs the first run) | held-out mIoU (epoch) | without Bicyclist | last epoch's mIoU | "
+            "pixel acc | epochs done |", "|---|---|---|---|---|---|---|"]
+    base = None
+    for path in paths:
+        run = run_directory(path)
+        scores = heldout_scores(run)
+        recipe = scores["recipe"]
+        base = base or recipe
+        diff = ", ".join(f"{k} {_fmt(v)}" for k, v in recipe.items() if k not in ("checkpoint_every",) and v != base[k])
+        rest = [v for k, v in scores["per_class_iou"].items() if k != "Bicyclist" and v is not None]
+        done = len((run / "log.jsonl").read_text().splitlines())
+        best = json.loads((run / "recipe.json").read_text())["best"]
+        rows.append(f"| {run.parent.name}/{run.name} | {diff or 'the baseline'} | {scores['miou']:.2f} ({scores['epoch']}) | "
+                    f"{sum(rest) / len(rest):.2f} | {scores['last_miou']:.2f} ({scores['last_epoch']}) | "
+                    f"{best['pixel_acc']:.1f} | {done} of {recipe['epochs']} |")
+    return rows
+
+
+def _fmt(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 def _trained_on(data, train_split: str, split: str) -> bool:
     root = default_root(data)
     names = {image.name for image, _ in resolve_split(root, train_split)}

@@ -366,8 +366,15 @@ def cmd_crf_tune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """Markdown tables for the README from the records, assets/bench.json and assets/crf.json."""
+    """Markdown tables for the README from the records, assets/bench.json and assets/crf.json; with --runs,
+    the ablation table of those training runs instead."""
     from . import PROJECT_ROOT, records
+
+    if args.runs:
+        from .bundle import runs_table
+
+        print("\n".join(runs_table(args.runs)))
+        return 0
 
     print("| model | held-out seq. mIoU | without Bicyclist | val mIoU | pixel acc | class acc | params | epochs | "
           "train time | paper (CamVid test) | VOC12 (review) |")
@@ -545,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_crf_tune)
 
     rp = sub.add_parser("report", help="print the README's result tables (records, bench, CRF study)")
+    rp.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                    help="instead: compare these training runs (train --out folders) validated on a held-out sequence")
     rp.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="forward latency per model against torchvision's deeplabv3_resnet50")

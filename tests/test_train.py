@@ -214,3 +214,32 @@ def test_held_out_scores_are_recorded_for_a_bundled_model_without_touching_its_w
         record_heldout(f"{MODEL}.camvid", {**held, "recipe": {"model": "fcn8s_efficientnet_lite0"}}, manifest)
     with pytest.raises(ValueError, match="no bundled model"):
         record_heldout("unet_efficientnet_lite0.camvid", held, manifest)
+
+
+def _finished_run(folder, recipe: Recipe, scores: list[float], per_class: dict, pixel_acc: float):
+    from dataclasses import asdict
+
+    run = folder / recipe.model
+    run.mkdir(parents=True)
+    log = [{"epoch": i + 1, "val_miou": m} for i, m in enumerate(scores)]
+    best = max(log, key=lambda r: r["val_miou"])
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (run / "recipe.json").write_text(json.dumps({**asdict(recipe), "arch": "fcn32s", "best": {
+        "miou": best["val_miou"], "epoch": best["epoch"], "per_class_iou": per_class, "pixel_acc": pixel_acc}}))
+    return run
+
+
+def test_report_runs_compares_held_out_runs_against_the_first(tmp_path, capsys):
+    from segviz.cli import main
+
+    held = {"train_split": "noseq:0006R0", "val_split": "seq:0006R0"}
+    _finished_run(tmp_path / "A", Recipe(model=MODEL, epochs=2, **held), [30.0, 31.5],
+                  {"Sky": 80.0, "Road": 90.0, "Bicyclist": 1.0}, 80.04)
+    _finished_run(tmp_path / "B", Recipe(model=MODEL, epochs=3, crop=(256, 352), **held), [32.0, 35.25, 34.0],
+                  {"Sky": 82.0, "Road": 91.0, "Bicyclist": 0.0}, 81.0)
+    assert main(["report", "--runs", str(tmp_path / "A"), str(tmp_path / "B" / MODEL)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2] == f"| A/{MODEL} | the baseline | 31.50 (2) | 85.00 | 31.50 (2) | 80.0 | 2 of 2 |"
+    assert rows[3] == f"| B/{MODEL} | epochs 3, crop 256x352 | 35.25 (2) | 86.50 | 34.00 (3) | 81.0 | 3 of 3 |"
+    assert main(["report", "--runs", str(tmp_path)]) == 2
+    assert "holds no training runs (recipe.json)" in capsys.readouterr().err
