@@ -17,9 +17,14 @@ def layout(model: torch.nn.Module) -> torch.memory_format:
     """The memory format a module's convolution weights are in (its inputs should match)."""
     for p in model.parameters():
         if p.dim() == 4:
-            channels_last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-            return torch.channels_last if channels_last else torch.contiguous_format
+            return tensor_layout(p)
     return torch.contiguous_format
+
+
+def tensor_layout(t: torch.Tensor) -> torch.memory_format:
+    """channels_last when a 4-d tensor is laid out so (and not also contiguous), else contiguous."""
+    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 @torch.inference_mode()

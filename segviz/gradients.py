@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .evaluate import tensor_layout
+
 KEPT_GRAPH_BYTES = 1 << 30  # forward graphs kept for new pixels on the same input, all networks together
 
 
@@ -48,7 +50,7 @@ class _Conv(torch.autograd.Function):
             back = tuple(d * (k - 1) - p for d, k, p in zip(dilation, weight.shape[-2:], padding))
             x_grad = F.conv2d(grad, weight.flip(-1, -2), None, 1, back, dilation, groups)
         else:
-            like = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=_format_of(grad))  # its shape
+            like = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=tensor_layout(grad))  # its shape
             x_grad = torch.ops.aten.convolution_backward(grad, like, weight, None, stride, padding, dilation, False,
                                                          (0, 0), groups, (True, False, False))[0]
         return x_grad, None, None, None, None, None, None
@@ -95,14 +97,9 @@ def _fold_batch_norm(model: nn.Module) -> None:
                 shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
                 bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
                 weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-                conv.weight = nn.Parameter(weight.contiguous(memory_format=_format_of(conv.weight)))
+                conv.weight = nn.Parameter(weight.contiguous(memory_format=tensor_layout(conv.weight)))
                 conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
                 seq._modules[b] = nn.Identity()
-
-
-def _format_of(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
-        else torch.contiguous_format
 
 
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -111,10 +108,12 @@ _twins_lock = threading.Lock()
 
 def gradient_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with the same forward and the cheaper input gradient described in
-    the module's docstring (made once per model; the model itself is not changed)."""
+    the module's docstring. Made once per model, and again when its weights or statistics have changed
+    since (an optimiser step, a load); the model itself is not changed."""
+    state = _state_version(model)
     with _twins_lock:
         twin = _TWINS.get(model)
-        if twin is None:
+        if twin is None or twin.source_version != state:
             with torch.no_grad():
                 twin = copy.deepcopy(model).eval().requires_grad_(False)
                 _fold_batch_norm(twin)
@@ -126,9 +125,14 @@ def gradient_twin(model: nn.Module) -> nn.Module:
                 elif type(m) is nn.ReLU6:
                     m.__class__ = _ReLU6
             twin.requires_grad_(False)
-            twin.twin_lock = threading.Lock()
+            twin.twin_lock, twin.source_version = threading.Lock(), state
             _TWINS[model] = twin
         return twin
+
+
+def _state_version(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``model`` is replaced or changed in place."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 class _Graph:

@@ -115,6 +115,9 @@ def test_gradient_twin_has_the_models_forward_and_input_gradient(name):
     assert torch.allclose(out_t, out, atol=1e-4, rtol=1e-4)
     assert g.abs().max() > 0 and torch.allclose(g_t, g, atol=1e-5 * g.abs().max().item(), rtol=1e-3)
     assert all(p.requires_grad for p in model.parameters())  # the model itself is untouched
+    with torch.no_grad():  # a changed model gets a new twin
+        next(model.parameters()).mul_(2)
+    assert gradient_twin(model) is not twin and torch.allclose(gradient_twin(model)(x)["out"], model(x)["out"], atol=1e-4)
 
 
 def test_effective_field_keeps_the_forward_for_a_new_pixel(monkeypatch):
