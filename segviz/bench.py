@@ -85,6 +85,13 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
         return plain, cl
 
     before = time_reference()
+    fast = torch.channels_last if before[1] < before[0] else torch.contiguous_format
+
+    def probe() -> float:
+        """The reference's faster layout again, more briefly: the CPU's speed between two models."""
+        return time_forward(ref.to(memory_format=fast), x.contiguous(memory_format=fast), 1, 3)
+
+    probes = [min(before)]
     which = tuple(backends or (be.BACKENDS if dev.type == "cpu" else ("torch",)))
     trained = set(trained_networks())
     rows = []
@@ -99,6 +106,8 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
         rows.append({"name": name, "compact": spec.compact, "trained": name in trained, "backends": measured,
                      "backend": chosen, "ms": ms, "ratio": None, "gmacs": round(work, 3),
                      "gmacs_per_s": round(work / ms * 1000, 1)})
+        probes.append(probe())
+        rows[-1]["adjacent_reference_ms"] = round((probes[-2] + probes[-1]) / 2 * 1000, 1)
         if progress:
             progress(rows[-1])
     # The reference is timed before and after the models and the two averaged: a shared CPU's speed drifts
@@ -120,6 +129,9 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
             "models": rows, "compact_sum_ms": round(compact, 1), "compact_sum_ratio": round(compact / (ref_s * 1000), 3),
             "compact_sum_ratio_channels_last": round(compact / (ref_cl_s * 1000), 3),
             "compact_sum_ratio_fastest_reference": round(compact / fastest_ref_ms, 3),
+            # Each model against the reference's faster layout timed just before and just after it: the same
+            # ratio with the CPU's drift over the run taken out.
+            "compact_sum_ratio_adjacent_reference": round(sum(r["ms"] / r["adjacent_reference_ms"] for r in counted), 3),
             # The ratio the sum would have if every model ran at the reference's rate of multiply-adds per second.
             "compact_sum_gmacs": round(compact_gmacs, 2), "compact_sum_gmacs_ratio": round(compact_gmacs / ref_gmacs, 3)}
 

@@ -54,6 +54,8 @@ def test_bench_json_has_backends_choice_and_ratios(capsys):
     assert row["trained"] and result["compact_sum_ms"] == row["ms"]  # the sum counts trained compact models
     fastest = min(ref, result["reference_channels_last"]["ms"])
     assert result["compact_sum_ratio_fastest_reference"] == pytest.approx(row["ms"] / fastest, abs=0.001)
+    assert result["compact_sum_ratio_adjacent_reference"] == pytest.approx(row["ms"] / row["adjacent_reference_ms"],
+                                                                            abs=0.002)
     assert row["gmacs_per_s"] == pytest.approx(row["gmacs"] / row["ms"] * 1000, rel=0.03)  # both rounded
     assert result["compact_sum_gmacs_ratio"] == pytest.approx(row["gmacs"] / result["reference"]["gmacs"], abs=0.001)
 
