@@ -186,16 +186,28 @@ def _openvino(model: torch.nn.Module, key: str | None) -> Callable:
     return run
 
 
+_ort_pool = threading.Lock()
+_ort_pool_threads: int | None = None
+
+
 def ort_options():
-    """ONNX Runtime's session options: torch's thread count, and idle threads that sleep instead of spinning.
-    Spinning threads keep the cores busy after a forward and slow whatever runs next, the next model's
-    forward above all: 12 models in a row (chosen backends, 2 cores) took 1257 ms with spinning, 874 ms
-    without, while one model run again and again is as fast either way."""
+    """ONNX Runtime's session options: every session of the process shares one pool of torch's thread count.
+    With a pool per session, the threads of the model that just ran keep spinning while the next model
+    runs, and the models of a comparison slow each other down: all 12 in a row took 1430-1661 ms with a
+    pool each against 1029-1325 ms with the shared pool (2 cores, same process), while one model run
+    again and again is as fast either way (sums of 12: 915-1090 vs 937-1063 ms). Idle threads that sleep
+    instead (``allow_spinning`` 0) cure the first and slow the second by a fifth."""
     import onnxruntime as ort
 
+    global _ort_pool_threads
+    with _ort_pool:
+        if _ort_pool_threads is None:
+            from onnxruntime.capi import _pybind_state
+
+            _ort_pool_threads = torch.get_num_threads()
+            _pybind_state.set_global_thread_pool_sizes(_ort_pool_threads, 1)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.use_per_session_threads = False
     return options
 
 

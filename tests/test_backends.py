@@ -186,11 +186,10 @@ def test_openvino_compiles_a_size_seen_twice_and_keeps_the_last_few(monkeypatch)
     assert compiled == [[1, 3, -1, -1], [1, 3, 64, 96], [1, 3, 64, 96]]
 
 
-def test_onnxruntime_threads_sleep_when_idle():
+def test_onnxruntime_sessions_share_one_thread_pool():
     pytest.importorskip("onnxruntime")
     options = backends.ort_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert options.intra_op_num_threads == torch.get_num_threads()
+    assert options.use_per_session_threads is False and backends._ort_pool_threads == torch.get_num_threads()
 
 
 def test_the_app_says_once_when_a_faster_backend_is_missing(monkeypatch):
