@@ -13,8 +13,8 @@ No layout or backend is fastest everywhere, so at a model's first use on a machi
 :func:`runner` times every available backend on one 360x480 input, keeps the fastest whose
 arg-max agrees with PyTorch's on at least 99.9% of the pixels, and remembers the choice in the
 user cache (``~/.cache/segviz/backends.json``) under a key made of the CPU model, the thread
-count, the library versions, the runners' revision and the weights' sha256. ``SEGVIZ_BACKEND=NAME`` (or ``--backend``
-in the CLI) overrides the choice. On CUDA the model stays on PyTorch with fp16 autocast.
+count, the library versions, the runners' revision and the weights' sha256.
+``SEGVIZ_BACKEND=NAME`` (or ``--backend`` in the CLI) overrides the choice. On CUDA the model stays on PyTorch with fp16 autocast.
 """
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def _openvino(model: torch.nn.Module, key: str | None) -> Callable:
             os.replace(tmp, xml)
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     dynamic = core.compile_model(ir, "CPU", config)
-    # The same graph compiled for one input size runs 5-40% faster than the dynamic one on an AVX2 EPYC
+    # The same graph compiled for one input size runs 4-42% faster than the dynamic one on an AVX2 EPYC
     # (FCN-8s 44 vs 62 ms, U-Net 53 vs 90 ms at 360x480): a size seen a second time gets its own compiled
     # model (about 0.2 s to compile), kept for the last STATIC_SIZES sizes; a size seen once (an upload)
     # runs on the dynamic one and costs no compile.

@@ -174,16 +174,16 @@ def _kept_graph(twin: nn.Module, key, make_input) -> _Graph:
     return graph
 
 
-def input_gradient(model: nn.Module, key, make_input, select) -> tuple[torch.Tensor, torch.Tensor]:
+def input_gradient(model: nn.Module, key, make_input, select) -> torch.Tensor:
     """The gradient of ``select(logits)`` (a scalar) with respect to the input ``make_input()`` (called only
-    when no forward graph is kept for ``key``, a hashable naming the input), and the logits. Runs on
+    when no forward graph is kept for ``key``, a hashable naming the input). Runs on
     :func:`gradient_twin`; the graph is kept for the next call with the same key."""
     twin = gradient_twin(model)
     with twin.twin_lock:  # one backward at a time through a kept graph
         graph = _kept_graph(twin, key, make_input)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(select(graph.logits), graph.inp, retain_graph=True)
-    return grad, graph.logits.detach()
+    return grad
 
 
 def forget_graphs() -> None:

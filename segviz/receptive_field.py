@@ -306,7 +306,7 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
 
     key = ("random", samples, seed, h, w) if samples > 0 else \
         ("image", hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest(), h, w)
-    grad, _ = input_gradient(model, key, make_input, select)
+    grad = input_gradient(model, key, make_input, select)
     total = grad.abs().sum(1).sum(0)
     erf = total / total.max().clamp_min(1e-12)
     out_class = class_index if class_index is not None or samples > 0 else int(chosen[0][0])
