@@ -70,6 +70,7 @@ def test_bench_review_times_the_first_pass_against_the_forwards(capsys, camvid_r
     assert r["ratio"] == pytest.approx(expected, rel=0.02)  # rounded fields
 
 
+@pytest.mark.slow
 def test_bench_erf_times_the_grid_against_plain_autograd(capsys, tmp_path):
     import cv2
     import numpy as np
