@@ -157,12 +157,14 @@ def test_every_backend_computes_torchs_logits(name):
     available = [b for b in backends.BACKENDS if not backends.missing(b)]
     assert {"openvino", "onnxruntime"} <= set(available) or len(available) >= 2
     runners = {b: backends.make(model, b) for b in available}
-    for size in [(96, 128), (120, 160), (96, 128)]:  # OpenVINO: the size seen again runs on its own compiled model
+    for i, size in enumerate([(96, 128), (120, 160), (96, 128)]):
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             ref = model(x)["out"]
         assert ref.std() > 1e-3
         for b, runner in runners.items():
+            if i == 2 and b != "openvino":  # the size seen again: OpenVINO runs it on its own compiled model
+                continue
             out = runner.fn(x)
             assert out.shape == ref.shape, (b, size)
             torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=f"{name} on {b} at {size}")

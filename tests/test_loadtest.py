@@ -21,6 +21,7 @@ def app_server():
     proc.wait(20)
 
 
+@pytest.mark.slow  # starts the app and runs every model four times
 @pytest.mark.skipif(not READY, reason="no bundled weights yet")
 def test_loadtest_cli_two_clients_two_requests_no_failures(app_server):
     url, pid = app_server
