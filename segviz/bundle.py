@@ -31,6 +31,8 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
     if not str(recipe.get("val_split", "")).startswith("seq:"):
         raise ValueError(f"{run_dir} validated on {recipe.get('val_split')!r}, not on a held-out sequence (seq:SEQ)")
     scored = [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if "val_miou" in r]
+    if not scored:
+        raise ValueError(f"{run_dir} has no validated epoch yet")
     return {"split": recipe["val_split"], "miou": round(recipe["best"]["miou"], 2), "epoch": recipe["best"]["epoch"],
             "last_miou": scored[-1]["val_miou"], "last_epoch": scored[-1]["epoch"],
             "per_class_iou": recipe["best"]["per_class_iou"],

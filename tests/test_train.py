@@ -222,7 +222,7 @@ def _finished_run(folder, recipe: Recipe, scores: list[float], per_class: dict, 
     run = folder / recipe.model
     run.mkdir(parents=True)
     log = [{"epoch": i + 1, "val_miou": m} for i, m in enumerate(scores)]
-    best = max(log, key=lambda r: r["val_miou"])
+    best = max(log, key=lambda r: r["val_miou"], default={"val_miou": -1.0, "epoch": 0})
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     (run / "recipe.json").write_text(json.dumps({**asdict(recipe), "arch": "fcn32s", "best": {
         "miou": best["val_miou"], "epoch": best["epoch"], "per_class_iou": per_class, "pixel_acc": pixel_acc}}))
@@ -243,3 +243,7 @@ def test_report_runs_compares_held_out_runs_against_the_first(tmp_path, capsys):
     assert rows[3] == f"| B/{MODEL} | epochs 3, crop 256x352 | 35.25 (2) | 86.50 | 34.00 (3) | 81.0 | 3 of 3 |"
     assert main(["report", "--runs", str(tmp_path)]) == 2
     assert "holds no training runs (recipe.json)" in capsys.readouterr().err
+    started = _finished_run(tmp_path / "C", Recipe(model=MODEL, epochs=3, **held), [], {}, 0.0)
+    (started / "log.jsonl").write_text(json.dumps({"epoch": 1, "loss": 0.9}) + "\n")  # trained, not yet validated
+    assert main(["report", "--runs", str(started)]) == 2
+    assert "has no validated epoch yet" in capsys.readouterr().err
