@@ -8,6 +8,7 @@ from one client first, not counted) and after the load, with their ratio.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -54,8 +55,8 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
-def default_image() -> str:
-    """A CamVid val frame when the data is here, else a synthetic 360x480 picture."""
+def default_image(folder: str) -> str:
+    """A CamVid val frame when the data is here, else a synthetic 360x480 picture written into ``folder``."""
     from .ui.compare import example_images
 
     frames = example_images(1)
@@ -63,7 +64,7 @@ def default_image() -> str:
         return frames[0]
     y, x = np.mgrid[0:360, 0:480]
     a = np.stack([x * 255 // 479, y * 255 // 359, (x + y) % 256], -1).astype(np.uint8)
-    path = os.path.join(tempfile.mkdtemp(prefix="segviz-load-"), "synthetic.png")
+    path = os.path.join(folder, "synthetic.png")
     Image.fromarray(a).save(path)
     return path
 
@@ -79,20 +80,31 @@ def _variant(image: str, n: int, folder: str) -> str:
 
 def run(url: str, clients: int = 8, requests: int = 20, distinct: bool = False, pid: int | None = None,
         image: str | None = None, models: list[str] | None = None, warm_up: int = 1) -> LoadResult:
-    from gradio_client import Client, handle_file
-
     if clients < 1 or requests < 1 or warm_up < 0:
         raise ValueError("--clients and --requests must be at least 1, --warm-up at least 0")
-    image = image or default_image()
     if models is None:
         from .ui.compare import ready_names
 
         models = ready_names("camvid")
+    # The pictures sent and the overlays downloaded all go to one folder, removed at the end. gradio_client
+    # downloads each file through an empty folder it leaves in tempfile.gettempdir() (one per overlay: tens
+    # of thousands after a few load runs), so the temporary directory points into that folder meanwhile.
+    folder = tempfile.mkdtemp(prefix="segviz-load-")
+    saved, tempfile.tempdir = tempfile.tempdir, folder
+    try:
+        return _load(url, clients, requests, distinct, pid, image or default_image(folder), models, warm_up, folder)
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load(url, clients, requests, distinct, pid, image, models, warm_up, folder) -> LoadResult:
+    from gradio_client import Client, handle_file
+
     result = LoadResult(clients * requests)
     lock = threading.Lock()
-    folder = tempfile.mkdtemp(prefix="segviz-load-")
     if warm_up:  # models loaded, backends chosen, caches in use: the memory the load is compared with
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=folder)
         for i in range(warm_up):
             path = _variant(image, clients * requests + i, folder) if distinct else image
             client.predict(handle_file(path), models, 0.6, None, api_name="/compare")
@@ -101,7 +113,7 @@ def run(url: str, clients: int = 8, requests: int = 20, distinct: bool = False, 
 
     def caller(k: int):
         try:
-            client = Client(url, verbose=False)
+            client = Client(url, verbose=False, download_files=folder)
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
             with lock:
                 result.failures += [f"connect: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"] * requests

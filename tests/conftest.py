@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,11 +10,20 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Tests run on plain torch (deterministic, no conversions) unless they choose a backend themselves
 # (tests/test_backends.py, which also keeps its converted models in a throwaway cache).
 os.environ.setdefault("SEGVIZ_BACKEND", "torch")
+# What the tests, and the apps and commands they start, write to the temporary directory (Gradio's
+# cache, overlays, uploads, downloads) goes to one folder that is removed when the session ends.
+SESSION_TMP = tempfile.mkdtemp(prefix="segviz-tests-")
+tempfile.tempdir = os.environ["TMPDIR"] = SESSION_TMP
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(SESSION_TMP, "gradio")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 CAMVID = SHARED / "datasets" / "camvid"
 CORAL = SHARED / "models" / "coral"
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def pytest_configure(config):

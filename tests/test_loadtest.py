@@ -1,4 +1,5 @@
 """`python -m segviz loadtest` against a real `python app.py`, at a small size."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,17 @@ def app_server():
 
 @pytest.mark.slow  # starts the app and runs every model four times
 @pytest.mark.skipif(not READY, reason="no bundled weights yet")
-def test_loadtest_cli_two_clients_two_requests_no_failures(app_server):
+def test_loadtest_cli_two_clients_two_requests_no_failures(app_server, tmp_path):
     url, pid = app_server
     out = subprocess.run([sys.executable, "-m", "segviz", "loadtest", "--url", url, "--clients", "2",
                           "--requests", "2", "--distinct", "--pid", str(pid), "--models", ",".join(READY[:2])],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": ""})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "requests 4, failures 0" in out.stdout
     assert "latency p50" in out.stdout and "MB after warm-up" in out.stdout
+    # the pictures it sent and the overlays it downloaded are gone
+    assert not [p.relative_to(tmp_path) for p in tmp_path.rglob("*")], list(tmp_path.rglob("*"))
 
 
 def test_summary_counts_failures_and_percentiles():
