@@ -214,18 +214,25 @@ def ort_options():
 def _onnxruntime(model: torch.nn.Module, key: str | None) -> Callable:
     import onnxruntime as ort
 
-    path = cache_dir() / "onnx" / f"{key}.onnx" if key else None
-    if path is None or not path.exists():
-        target = path or Path(os.environ.get("TMPDIR", "/tmp")) / f"segviz-{os.getpid()}-{id(model)}.onnx"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.stem + f".{os.getpid()}.tmp.onnx")
+    def export(f):
         net = _Logits(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)).eval()
-        torch.onnx.export(net, (torch.zeros(1, 3, 96, 128),), str(tmp), input_names=["x"], output_names=["out"],
+        torch.onnx.export(net, (torch.zeros(1, 3, 96, 128),), f, input_names=["x"], output_names=["out"],
                           dynamic_axes={"x": {2: "h", 3: "w"}, "out": {2: "h", 3: "w"}}, opset_version=17,
                           dynamo=False)
-        os.replace(tmp, target)
-        path = target
-    session = ort.InferenceSession(str(path), ort_options(), providers=["CPUExecutionProvider"])
+
+    if key is None:  # nothing to name a file after (no weights sha256): converted in memory, no file left behind
+        buffer = io.BytesIO()
+        export(buffer)
+        source = buffer.getvalue()
+    else:
+        path = cache_dir() / "onnx" / f"{key}.onnx"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.onnx")
+            export(str(tmp))
+            os.replace(tmp, path)
+        source = str(path)
+    session = ort.InferenceSession(source, ort_options(), providers=["CPUExecutionProvider"])
 
     def run(x):
         out = session.run(None, {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})

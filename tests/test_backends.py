@@ -143,9 +143,15 @@ def test_exportable_unpool_equals_torchs():
 
 
 @pytest.mark.parametrize("name", ["pspnet_efficientnet_lite0", "segnet_efficientnet_lite0"])
-def test_every_backend_computes_torchs_logits(name):
-    """Export (ONNX, OpenVINO) must not change what the model computes, at more than one size."""
+def test_every_backend_computes_torchs_logits(name, tmp_path, monkeypatch):
+    """Export (ONNX, OpenVINO) must not change what the model computes, at more than one size; a model
+    without a cache key is converted in memory and leaves no model file in the temporary directory."""
+    import tempfile
+
     from segviz.registry import build
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     torch.manual_seed(0)
     model = build(name, num_classes=11).eval()
@@ -168,6 +174,7 @@ def test_every_backend_computes_torchs_logits(name):
             out = runner.fn(x)
             assert out.shape == ref.shape, (b, size)
             torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=f"{name} on {b} at {size}")
+    assert not [f for f in tmp_path.rglob("*") if f.suffix in (".onnx", ".xml", ".bin")]
 
 
 def test_openvino_compiles_a_size_seen_twice_and_keeps_the_last_few(monkeypatch):
