@@ -131,3 +131,20 @@ def test_the_depth_plot_holds_every_selected_model_and_configuration():
     assert labels == ["FCN-8s", "DeepLab v1 (vgg16)", "PSPNet (resnet50)"]
     with pytest.raises(ValueError, match="select at least one"):
         depth_figure(None, [], [])
+
+
+def test_the_app_warm_up_traces_every_ready_models_field_at_the_examples_size(monkeypatch):
+    """The Receptive field tab's first grid on a CamVid frame finds the theoretical fields traced."""
+    from segviz import inference, receptive_field, records
+
+    class Runner:
+        backend = "torch"
+
+    traced = []
+    monkeypatch.setattr(inference, "load_runner", lambda name: Runner())
+    monkeypatch.setattr(receptive_field, "theoretical_field", lambda name, size: traced.append((name, size)))
+    lines = []
+    inference.warm_up("camvid", log=lines.append)
+    ready = [r.name for r in records.records("camvid") if r.missing() is None]
+    assert ready and traced == [(name, (360, 480)) for name in ready]
+    assert lines[-1].startswith("receptive fields traced at 360x480")
