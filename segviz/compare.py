@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import time
 import zipfile
 from collections import OrderedDict
@@ -40,17 +41,20 @@ class Prediction:
 
 class ByteCache:
     """A least-recently-used dict bounded by the bytes of its values (``nbytes(value)``), not their count:
-    one 1024 px prediction with its probability map weighs as much as dozens of small label maps."""
+    one 1024 px prediction with its probability map weighs as much as dozens of small label maps.
+    Safe to share between threads (Gradio runs events, and a cancelled run's model thread, at once)."""
 
     def __init__(self, max_bytes: int, nbytes):
         self.max_bytes, self.nbytes, self.bytes = max_bytes, nbytes, 0
         self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key, default=None):
-        if key not in self._items:
-            return default
-        self._items.move_to_end(key)
-        return self._items[key]
+        with self._lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
 
     def __contains__(self, key) -> bool:
         return key in self._items
@@ -59,23 +63,25 @@ class ByteCache:
         return self._items[key]
 
     def __setitem__(self, key, value):
-        if key in self._items:
-            self.bytes -= self.nbytes(self._items.pop(key))
         size = self.nbytes(value)
-        if size > self.max_bytes:
-            return  # larger than the whole cache: not kept
-        self._items[key] = value
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.bytes -= self.nbytes(old)
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self.nbytes(self._items.pop(key))
+            if size > self.max_bytes:
+                return  # larger than the whole cache: not kept
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= self.nbytes(old)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def clear(self):
-        self._items.clear()
-        self.bytes = 0
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
 
 
 def _prediction_bytes(p: "Prediction") -> int:

@@ -274,6 +274,39 @@ def test_prediction_caches_are_bounded_in_bytes():
     assert cache.bytes <= 1000 and list(cache._items) == [9]
 
 
+def test_prediction_cache_keeps_its_byte_count_under_concurrent_use():
+    """Compare's model thread and other sessions' events share the cache: its count must not drift
+    (a drifted count above the bound made every later insert fail on an empty dict)."""
+    import sys
+    import threading
+
+    from segviz.compare import ByteCache
+
+    cache = ByteCache(400, lambda a: a.nbytes)
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(3000):
+                cache[(k, i % 7)] = np.zeros(100, np.uint8)
+                cache.get((k - 1, i % 7))
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert cache.bytes == sum(v.nbytes for v in cache._items.values()) <= 400
+
+
 def test_outputs_are_new_files_never_rewritten():
     from segviz.ui import png_file
 
