@@ -164,6 +164,19 @@ def test_branch_taps_draw_on_the_image(camvid_root):
     assert tuple(drawn[180 - 48, 240 - 48]) == BRANCH_COLOURS[0]
 
 
+def test_branch_taps_without_a_click_centre_on_any_image_size():
+    """No click yet (or a new upload): the centre of the image, whatever its size."""
+    import numpy as np
+
+    from segviz.ui.dilation import branch_taps
+    from segviz.viz import BRANCH_COLOURS
+
+    small = np.full((120, 160, 3), 128, np.uint8)
+    drawn, _ = branch_taps(small, None, "deeplabv2_efficientnet_lite0")
+    assert drawn.shape == (120, 160, 3)
+    assert tuple(drawn[60 - 48, 80 - 48]) == BRANCH_COLOURS[0]  # rate 6 x stride 8 from the centre
+
+
 @pytest.mark.parametrize("name", [s.name for s in registry.list_models(compact=True) if s.branches()])
 def test_declared_branches_exist_in_the_built_head(name):
     """What a spec declares for the Dilation tab is what the built head really does (not the backbone)."""

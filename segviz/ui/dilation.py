@@ -23,8 +23,10 @@ def coverage(rates_text: str, kernel: int = 3):
 
 
 def branch_taps(image, pixel, name: str):
+    """The model's branches drawn at ``pixel`` (y, x) of the image as given; None: its centre."""
     prepared = prepare_image(image)
-    pixel = scale_pixel(pixel, prepared.original_size, prepared.image.shape[:2])
+    size = prepared.image.shape[:2]
+    pixel = (size[0] // 2, size[1] // 2) if pixel is None else scale_pixel(pixel, prepared.original_size, size)
     branches = model_branches(name)
     legend = ", ".join(f"{b.label} ({'bins' if b.bins else f'every {b.spacing} px'})" for b in branches)
     return viz.taps_image(prepared.image, pixel, branches), legend
@@ -57,7 +59,7 @@ def build_tab(gr, user_error):
                 examples = example_images()
                 if examples:
                     gr.Examples(examples[:3], inputs=image)
-                pixel = gr.State((180, 240))
+                pixel = gr.State(None)  # (y, x) of the last click on this image; None: the centre
                 model = gr.Dropdown(names, value=names[0] if names else None, label="Model")
                 draw = gr.Button("Draw branches", variant="primary")
                 taps_out = gr.Image(label="Sampling positions", format="png")
@@ -69,7 +71,7 @@ def build_tab(gr, user_error):
 
         def on_taps(image, pixel, model):
             with user_error():
-                taps, legend = branch_taps(image, tuple(pixel), model)
+                taps, legend = branch_taps(image, tuple(pixel) if pixel is not None else None, model)
                 return png_file(taps), legend
 
         def on_select(evt: gr.SelectData):
@@ -78,4 +80,5 @@ def build_tab(gr, user_error):
 
         show.click(on_coverage, [rates, kernel], [fig, summary], api_name="dilation_coverage")
         image.select(on_select, None, pixel)
+        image.upload(lambda: None, None, pixel, api_name=False)  # a new image: back to its centre
         draw.click(on_taps, [image, pixel, model], [taps_out, legend], api_name="dilation_taps")
