@@ -18,6 +18,7 @@ from conftest import start_app
 from segviz import records, viz
 from segviz.data.palettes import CAMVID
 from segviz.preprocess import InputError
+from segviz.ui import OUTPUTS
 from segviz.ui.compare import export_card, ready_names, restyle, run_compare
 from segviz.weights import read_manifest
 
@@ -106,7 +107,9 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
     # Opacity 0 shows the image itself; the card carries the weights' identities.
     plain = restyle(r["view"], 0.0)
     assert np.array_equal(plain[0][0], np.asarray(Image.open(image).convert("RGB")))
-    with zipfile.ZipFile(export_card(r["view"])) as z:
+    card_path = export_card(r["view"])
+    assert Path(card_path).parent == Path(OUTPUTS)  # removed with the other outputs after SEGVIZ_KEEP_OUTPUTS
+    with zipfile.ZipFile(card_path) as z:
         card = json.loads(z.read("card.json"))
         assert {"overlays.png", "legend.png", *(f"labels/{n}.png" for n in READY),
                 *(f"errors/{n}.png" for n in READY)} <= set(z.namelist())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -76,10 +77,17 @@ def png_file(image):
         return image
     from PIL import Image
 
+    data = io.BytesIO()
+    Image.fromarray(image).save(data, format="PNG", compress_level=1)
+    return output_file(data.getvalue(), ".png")
+
+
+def output_file(data: bytes, suffix: str, prefix: str = "out-") -> str:
+    """``data`` in a new file of its own in ``OUTPUTS``, removed with the others after ``KEEP_OUTPUTS_S``."""
     os.makedirs(OUTPUTS, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix="out-", suffix=".png", dir=OUTPUTS)
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=OUTPUTS)
     with os.fdopen(fd, "wb") as f:
-        Image.fromarray(image).save(f, format="PNG", compress_level=1)
+        f.write(data)
     prune_older(OUTPUTS, KEEP_OUTPUTS_S)
     return path
 

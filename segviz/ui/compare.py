@@ -10,7 +10,6 @@ import dataclasses
 import math
 import os
 import queue
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -239,11 +238,10 @@ def export_card(view: CompareView | None) -> str:
     """Write the comparison card zip and return its path."""
     if view is None:
         raise ValueError("run a comparison first")
+    from . import output_file
+
     data = comparison_card(view.comparison, view.alpha, {"notes": view.notes}, view.files)
-    fd, path = tempfile.mkstemp(prefix="segviz-card-", suffix=".zip")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
+    return output_file(data, ".zip", prefix="segviz-card-")
 
 
 # ----------------------------------------------------------------------------- layout
