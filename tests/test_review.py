@@ -509,3 +509,22 @@ def test_a_file_bad_for_one_label_set_is_not_remembered_as_bad_for_another(tmp_p
     store.put([], [("img", "lab", review.bad_key(camvid), "label ids 12-20 are not CamVid classes")])
     assert store.bad(review.bad_key(camvid)) == {("img", "lab"): "label ids 12-20 are not CamVid classes"}
     assert store.bad(review.bad_key(voc)) == {}
+
+
+def test_a_damaged_zip_is_a_one_line_error_and_leaves_nothing_unpacked(tmp_path, monkeypatch):
+    import zipfile
+
+    from segviz.ui import review as tab
+
+    monkeypatch.setattr(tab, "UNPACKED", tmp_path / "unpacked")
+    upload = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(upload, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("images/a.txt", "fine")
+        z.writestr("labels/a.png", b"\x00" * 4000)
+    data = bytearray(upload.read_bytes())
+    start = data.index(b"labels/a.png") + len("labels/a.png")  # the member's compressed bytes follow its name
+    data[start + 2:start + 6] = b"\xff\xff\xff\xff"
+    upload.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="the zip is damaged or encrypted: labels/a.png cannot be read"):
+        tab.query("camvid", "", str(upload), [FCN8S], False, 0)
+    assert not list((tmp_path / "unpacked").iterdir())

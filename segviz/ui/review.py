@@ -6,9 +6,11 @@ The handlers are plain functions; only ``build_tab`` touches gradio. Each handle
 from its database (the rows are there after the first run: reading them back takes milliseconds).
 """
 import os
+import shutil
 import tempfile
 import threading
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +71,21 @@ def unpack(upload: str) -> tuple[str, str]:
         UNPACKED.mkdir(exist_ok=True)
         prune_older(str(UNPACKED), KEEP_OUTPUTS_S)
         dest = UNPACKED / sha256_file(upload)[:16]
-        for kind, entries in folders.items():
-            (dest / kind).mkdir(parents=True, exist_ok=True)
-            for m in entries:
-                fd, part = tempfile.mkstemp(dir=dest / kind)
-                with open(fd, "wb") as f:
-                    f.write(archive.read(m))
-                os.replace(part, dest / kind / Path(m.filename).name)
+        try:
+            for kind, entries in folders.items():
+                (dest / kind).mkdir(parents=True, exist_ok=True)
+                for m in entries:
+                    try:
+                        data = archive.read(m)
+                    except (zipfile.BadZipFile, zlib.error, RuntimeError, EOFError, NotImplementedError) as e:
+                        raise ValueError(f"the zip is damaged or encrypted: {m.filename} cannot be read ({e})") from None
+                    fd, part = tempfile.mkstemp(dir=dest / kind)
+                    with open(fd, "wb") as f:
+                        f.write(data)
+                    os.replace(part, dest / kind / Path(m.filename).name)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)  # nothing half-unpacked is left for a later run to reuse
+            raise
         os.utime(dest)
     return str(dest / "images"), str(dest / "labels")
 
