@@ -37,6 +37,12 @@ def predict_files(names: list[str], images: list[str], out: str | os.PathLike, c
             raise ValueError(INSTALL_HINT)
         crf_params = CRFParams()
     chosen = resolve(names)  # unknown names, mixed label sets and missing weights fail before any work
+    stems: dict[str, str] = {}
+    for path in images:  # outputs are named by stem: two images with one stem would overwrite each other
+        other = stems.setdefault(Path(path).stem, str(path))
+        if other != str(path):
+            raise ValueError(f"{other} and {path} would both be written as {Path(path).stem}.png; "
+                             "rename one or predict them into different --out folders")
     out = Path(out)
     for r in chosen:
         (out / r.name).mkdir(parents=True, exist_ok=True)

@@ -162,6 +162,13 @@ def test_predict_skips_bad_images_and_refuses_unknown_models(capsys, tmp_path, c
     assert not list((tmp_path / "o" / "fcn8s_efficientnet_lite0.camvid").glob("bad*"))
     code, _, err = run(capsys, "predict", "--model", "fcn9s", "--out", str(tmp_path / "x"), str(bad))
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x").exists()
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "0016E5_07959.png"  # the same stem as the frame: its outputs would be overwritten
+    twin.write_bytes((camvid_root / "val" / "0016E5_07959.png").read_bytes())
+    code, _, err = run(capsys, "predict", "--model", "fcn8s_efficientnet_lite0", "--out", str(tmp_path / "y"),
+                       str(camvid_root / "val" / "0016E5_07959.png"), str(twin))
+    assert code == 2 and err.count("\n") == 1 and "would both be written as 0016E5_07959.png" in err
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow
