@@ -248,7 +248,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
     step, best, log_path, resumed_layout = 0, {"miou": -1.0}, out / "log.jsonl", None
     if resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        # On the CPU: the random states must be CPU byte tensors; load_state_dict moves the rest to the device.
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
         changed = sorted(k for k, v in _comparable(recipe).items() if state["recipe"].get(k) != v)
         if changed:
             raise ValueError(f"{out / 'last.pt'} was written with another recipe ({', '.join(changed)} differ); "
@@ -260,6 +261,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
             ema.load_state_dict(state["ema"])
         step, best, resumed_layout = state["step"], state["best"], state.get("channels_last")
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
     elif rank == 0 and log_path.exists():
         log_path.unlink()
     fmt = torch.contiguous_format
@@ -286,6 +289,7 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
             _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                           "step": step, "best": best, "torch_rng": torch.get_rng_state(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                           "channels_last": fmt == torch.channels_last,
                           "recipe": _comparable(recipe)}, out / "last.pt")
 
