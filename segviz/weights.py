@@ -145,6 +145,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
     """Fetch ``url`` to ``dest`` with a progress bar: resumes a ``.part`` file with an HTTP
     Range request, checks ``sha256`` when given, then renames atomically. Offline it fails
     fast with a one-line error."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -163,9 +164,16 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
             total = int(total) + have if total is not None else None
             with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                                  desc=dest.name, disable=not progress, leave=False) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+                try:
+                    for chunk in iter(lambda: response.read(1 << 16), b""):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                except http.client.IncompleteRead:
+                    pass  # the connection closed early: told below, the .part kept for the next try
+                got = f.tell()
+        if total is not None and got < total:
+            raise WeightsError(f"the download of {url} stopped at {got} of {total} bytes; run the same command "
+                               f"again to resume it from {part.name}")
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the .part is already complete
             pass

@@ -125,6 +125,41 @@ def test_download_rejects_a_tampered_file(camvid_root, tmp_path, http_server):
     assert not (tmp_path / "dl" / "val" / png.name).exists()
 
 
+def test_a_download_cut_short_is_an_error_and_resumes_next_time(tmp_path):
+    """The server announces the whole file but the connection closes after 1000 bytes: no file is
+    installed, the .part stays, and the next call continues it with a Range request."""
+    from segviz.weights import download, sha256_file
+
+    payload = os.urandom(100_000)
+    (tmp_path / "f.bin").write_bytes(payload)
+    sha = sha256_file(tmp_path / "f.bin")
+
+    class CutShort(RangeHandler):
+        def do_GET(self):
+            if self.headers.get("Range"):
+                return super().do_GET()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[:1000])
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CutShort, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/f.bin"
+    dest = tmp_path / "dl" / "f.bin"
+    try:
+        for sha256 in (None, sha):  # with and without a known hash
+            with pytest.raises(WeightsError, match="stopped at 1000 of 100000 bytes; run the same command again"):
+                download(url, dest, sha256=sha256, progress=False)
+            assert not dest.exists() and (tmp_path / "dl" / "f.bin.part").stat().st_size == 1000
+            (tmp_path / "dl" / "f.bin.part").unlink()
+        (tmp_path / "dl" / "f.bin.part").write_bytes(payload[:1000])
+        assert download(url, dest, sha256=sha, progress=False).read_bytes() == payload  # resumed with a Range
+    finally:
+        server.shutdown()
+
+
 def test_download_offline_fails_fast_with_one_line(tmp_path):
     with pytest.raises(WeightsError) as e:
         download_camvid(tmp_path, "http://127.0.0.1:9/CamVid/", splits=("val",), progress=False)
