@@ -289,6 +289,8 @@ def cmd_weights(args) -> int:
     if args.action == "download":
         from .data import voc
 
+        if not args.model:
+            raise ValueError("weights download needs a model: " + ", ".join(f"{m.name}.voc" for m in voc.catalogue()))
         path = voc.fetch(voc.get(args.model), url=args.url)
         print(f"{args.model}: {path}")
         return 0
@@ -305,6 +307,8 @@ def cmd_weights(args) -> int:
         from .bundle import bundle, heldout_scores
 
         args.model = args.model_opt or args.model
+        if not args.model:
+            raise ValueError("weights bundle needs --model NAME (a registry name) and --run RUN")
         heldout = heldout_scores(args.heldout_run) if args.heldout_run else None
         entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout)
         print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...")
@@ -609,6 +613,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

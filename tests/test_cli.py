@@ -188,6 +188,27 @@ def test_models_json_fields_match_assets(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["weights", "download"], "weights download needs a model: deeplabv3_mnv2.voc"),
+    (["weights", "bundle"], "weights bundle needs --model NAME"),
+])
+def test_weights_actions_without_a_model_say_so_in_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_damaged_camvid_frame_is_named_in_one_line(capsys, camvid_root, tmp_path):
+    pair = (camvid_root / "val.txt").read_text().split("\n")[0].split()
+    for rel in pair:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((camvid_root / rel).read_bytes())
+    (tmp_path / "val.txt").write_text(" ".join(pair) + "\n")
+    image = tmp_path / pair[0]
+    image.write_bytes(image.read_bytes()[:5000])  # cut short
+    code, _, err = run(capsys, "eval", "--model", "fcn8s_efficientnet_lite0", "--data", str(tmp_path), "--split", "val")
+    assert code == 2 and err.count("\n") == 1 and f"{image}: not a readable image" in err
+
+
+@pytest.mark.parametrize("argv, message", [
     (["train", "--model", "fcn8s_efficientnet_lite0", "--eval-every", "0"], "must be at least 1"),
     (["train", "--model", "fcn8s_efficientnet_lite0", "--lr", "abc"], "expected a number"),
     (["train", "--model", "fcn8s_efficientnet_lite0", "--photometric", "1.5"], "must be in [0, 1]"),

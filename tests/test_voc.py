@@ -129,6 +129,8 @@ def test_coral_download_checks_the_published_hash(tmp_path, serve):
     url = serve(site)
     path = voc.fetch(m, url=url + m.file, dest_dir=tmp_path / "cache", progress=False)
     assert path.read_bytes() == (CORAL / m.file).read_bytes()
+    (site / "renamed.bin").write_bytes((CORAL / m.file).read_bytes())  # a mirror with its own file name
+    assert voc.fetch(m, url=url + "renamed.bin", dest_dir=tmp_path / "mirror", progress=False) == tmp_path / "mirror" / m.file
     (site / m.file).write_bytes(b"not the model")
     with pytest.raises(WeightsError, match="sha256"):
         voc.fetch(m, url=url + m.file, dest_dir=tmp_path / "other", progress=False)
@@ -158,6 +160,9 @@ def test_torchvision_download_and_load_from_a_local_server(tmp_path, serve):
     with pytest.raises(WeightsError, match="its name says 00000000"):  # checked by torch.hub, file removed
         voc.fetch(m, url=url + "lraspp_mobilenet_v3_large-00000000.pth", dest_dir=tmp_path / "x", progress=False)
     assert not list((tmp_path / "x").iterdir())  # nothing half-written is left behind
+    (site / "model.pth").write_bytes(raw.read_bytes())  # a mirror without the hash in the name: torchvision's is checked
+    with pytest.raises(WeightsError, match=f"its name says {m.file.rsplit('-', 1)[1][:8]}"):
+        voc.fetch(m, url=url + "model.pth", dest_dir=tmp_path / "y", progress=False)
 
 
 def test_the_torchvision_table_matches_torchvision_metadata():

@@ -81,6 +81,15 @@ def read_split(root: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _read(path: Path, mode: str | None = None) -> np.ndarray:
+    """An image file as an array; a damaged one is a one-line error that names it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode) if mode else im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e}); download it again with `python -m segviz data camvid`") from None
+
+
 class CamVid:
     """Images (H, W, 3) uint8 and labels (H, W) uint8, loaded once into memory."""
 
@@ -90,8 +99,8 @@ class CamVid:
         self.root = default_root(root)
         self.split = split
         self.pairs = resolve_split(self.root, split)[:limit]
-        self.images = [np.asarray(Image.open(i).convert("RGB")) for i, _ in self.pairs]
-        self.targets = [np.asarray(Image.open(t)) for _, t in self.pairs]
+        self.images = [_read(i, "RGB") for i, _ in self.pairs]
+        self.targets = [_read(t) for _, t in self.pairs]
         for (i, _), img, tgt in zip(self.pairs, self.images, self.targets):
             if img.shape[:2] != tgt.shape[:2]:
                 raise ValueError(f"{i.name}: image {img.shape[:2]} and label {tgt.shape[:2]} differ in size")

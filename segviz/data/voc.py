@@ -125,12 +125,17 @@ def missing_reason(m: VOCModel) -> str | None:
 
 
 def fetch(m: VOCModel, url: str | None = None, dest_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Download ``m`` (from ``url`` if given: a mirror) with progress and a hash check."""
+    """Download ``m`` (from ``url`` if given: a mirror) with progress and a hash check. A Coral model is
+    saved under the name :func:`find` looks for, whatever the mirror calls it."""
+    import re
+
     url = url or m.url
     dest = Path(dest_dir) if dest_dir else (user_cache() if m.source == "coral" else torch_cache_dir())
-    name = url.rsplit("/", 1)[1]
     if m.source == "coral":
-        return download(url, dest / name, sha256=m.sha256, progress=progress)
+        return download(url, dest / m.file, sha256=m.sha256, progress=progress)
+    name = url.rsplit("/", 1)[-1]
+    if not re.fullmatch(r".+-[0-9a-f]{8,}\.pth", name):  # a mirror that drops the hash from the name
+        name = m.file
     # torchvision names its files <name>-<first 8 hex of sha256>.pth: torch.hub checks what arrives against that
     # (as torch.hub.load_state_dict_from_url(check_hash=True) does) and writes through a temporary file
     import urllib.error
