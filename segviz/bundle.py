@@ -98,33 +98,40 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
     load_safetensors(model, run_dir / "best.safetensors")
     full = evaluate(model, val)
     out = manifest.parent / f"{record}.safetensors"
+    # Written beside the bundled file and evaluated there; it replaces the bundled file only with the manifest
+    # entry that names its sha256, so an interrupted bundle leaves the old pair intact.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     meta = {"model": name, "record": record, "num_classes": val.labels.num_classes, "dataset": "camvid"}
-    save_safetensors(model, out, meta, dtype=torch.float16)
-    half = evaluate(load_safetensors(model, out), val)
-    dtype = "float16"
-    if abs(half["miou"] - full["miou"]) > 0.1:  # float16 storage must not cost quality
-        save_safetensors(model, out, meta)
-        half, dtype = evaluate(load_safetensors(model, out), val), "float32"
-    subset = val_subset(data)
-    sub = evaluate(model, subset)
-    spec = registry.get_spec(name)
-    entry = {
-        "model": name, **spec_fields(spec), "file": out.name, "sha256": sha256_file(out), "dtype": dtype, "num_params": registry.count_params(model),
-        "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": recipe.get("train_split", "train"),
-        "eval_split": "val",
-        # a run trained on val's frames (trainval, noseq:SEQ) has a val score that measures nothing
-        "val_trained_on": _trained_on(data, recipe.get("train_split", "train"), "val"),
-        "val_miou": round(half["miou"], 2), "val_miou_float32": round(full["miou"], 2),
-        "val_pixel_acc": round(half["pixel_acc"], 2), "val_class_acc": round(half["class_acc"], 2),
-        "per_class_iou": half["per_class_iou"],
-        "subset": {"images": [p[0].name for p in subset.pairs], "miou": round(sub["miou"], 3)},
-        "recipe": {k: v for k, v in recipe.items() if k != "best"},
-        "best_epoch": recipe["best"]["epoch"], "train_seconds": round(sum(r["seconds"] for r in log)),
-        "train_device": "cpu (2 cores)",
-    }
-    if heldout is not None:
-        entry["heldout"] = heldout
-    _write_entry(manifest, record, entry)
+    try:
+        save_safetensors(model, tmp, meta, dtype=torch.float16)
+        half = evaluate(load_safetensors(model, tmp), val)
+        dtype = "float16"
+        if abs(half["miou"] - full["miou"]) > 0.1:  # float16 storage must not cost quality
+            save_safetensors(model, tmp, meta)
+            half, dtype = evaluate(load_safetensors(model, tmp), val), "float32"
+        subset = val_subset(data)
+        sub = evaluate(model, subset)
+        spec = registry.get_spec(name)
+        entry = {
+            "model": name, **spec_fields(spec), "file": out.name, "sha256": sha256_file(tmp), "dtype": dtype, "num_params": registry.count_params(model),
+            "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": recipe.get("train_split", "train"),
+            "eval_split": "val",
+            # a run trained on val's frames (trainval, noseq:SEQ) has a val score that measures nothing
+            "val_trained_on": _trained_on(data, recipe.get("train_split", "train"), "val"),
+            "val_miou": round(half["miou"], 2), "val_miou_float32": round(full["miou"], 2),
+            "val_pixel_acc": round(half["pixel_acc"], 2), "val_class_acc": round(half["class_acc"], 2),
+            "per_class_iou": half["per_class_iou"],
+            "subset": {"images": [p[0].name for p in subset.pairs], "miou": round(sub["miou"], 3)},
+            "recipe": {k: v for k, v in recipe.items() if k != "best"},
+            "best_epoch": recipe["best"]["epoch"], "train_seconds": round(sum(r["seconds"] for r in log)),
+            "train_device": "cpu (2 cores)",
+        }
+        if heldout is not None:
+            entry["heldout"] = heldout
+        os.replace(tmp, out)
+        _write_entry(manifest, record, entry)
+    finally:
+        tmp.unlink(missing_ok=True)
     return entry
 
 

@@ -170,7 +170,7 @@ def test_two_gloo_processes_end_with_the_same_weights(camvid_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path):
+def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path, monkeypatch):
     """`weights bundle --heldout-run`: the manifest entry carries the held-out split, the selected
     and the last epoch's scores, and the file it names loads with the sha256 it records."""
     from segviz.bundle import bundle, heldout_scores
@@ -190,6 +190,31 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path):
     assert entry["train_split"] == "noseq:0006R0" and entry["heldout"] == held and entry["val_trained_on"]
     assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]["sha256"] == sha256_file(
         manifest.parent / entry["file"])
+    # Bundling again, interrupted while it evaluates the new file: the bundled file and its entry stay a pair.
+    import segviz.bundle
+
+    before = (manifest.read_bytes(), (manifest.parent / entry["file"]).read_bytes())
+    from segviz.registry import build
+    from segviz.weights import load_safetensors, save_safetensors
+
+    changed = load_safetensors(build(MODEL, num_classes=11), run / "best.safetensors")  # other weights to bundle
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.5)
+    save_safetensors(changed, run / "best.safetensors", {"model": MODEL})
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*a, **k)
+
+    evaluate = segviz.bundle.evaluate
+    monkeypatch.setattr(segviz.bundle, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bundle(MODEL, run, data=camvid_root, manifest=manifest)
+    assert (manifest.read_bytes(), (manifest.parent / entry["file"]).read_bytes()) == before
+    assert sorted(f.name for f in manifest.parent.iterdir()) == sorted(["manifest.json", entry["file"]])
     with pytest.raises(ValueError, match="not on a held-out sequence"):
         heldout_scores(_run_with_val_split(tmp_path, "val"))
 
