@@ -64,7 +64,7 @@ def runs_table(paths) -> list[str]:
         scores = heldout_scores(run)
         recipe = scores["recipe"]
         base = base or recipe
-        diff = ", ".join(f"{k} {_fmt(v)}" for k, v in recipe.items() if k not in ("checkpoint_every",) and v != base[k])
+        diff = ", ".join(f"{k} {_fmt(v)}" for k, v in recipe.items() if k not in ("checkpoint_every",) and v != base.get(k))
         rest = [v for k, v in scores["per_class_iou"].items() if k != "Bicyclist" and v is not None]
         done = len((run / "log.jsonl").read_text().splitlines())
         best = json.loads((run / "recipe.json").read_text())["best"]

@@ -272,3 +272,16 @@ def test_report_runs_compares_held_out_runs_against_the_first(tmp_path, capsys):
     (started / "log.jsonl").write_text(json.dumps({"epoch": 1, "loss": 0.9}) + "\n")  # trained, not yet validated
     assert main(["report", "--runs", str(started)]) == 2
     assert "has no validated epoch yet" in capsys.readouterr().err
+
+
+def test_report_runs_compares_with_a_first_run_written_before_a_recipe_field_existed(tmp_path, capsys):
+    from segviz.cli import main
+
+    held = {"train_split": "noseq:0006R0", "val_split": "seq:0006R0"}
+    old = _finished_run(tmp_path / "old", Recipe(model=MODEL, epochs=2, **held), [30.0], {"Sky": 80.0}, 80.0)
+    recipe = json.loads((old / "recipe.json").read_text())
+    del recipe["ema"]  # an option added after this run was made
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    _finished_run(tmp_path / "new", Recipe(model=MODEL, epochs=2, ema=0.995, **held), [31.0], {"Sky": 81.0}, 81.0)
+    assert main(["report", "--runs", str(old), str(tmp_path / "new")]) == 0
+    assert "| ema 0.995 |" in capsys.readouterr().out.splitlines()[3]

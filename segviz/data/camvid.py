@@ -167,7 +167,8 @@ def download_camvid(dest: str | os.PathLike, base_url: str = CAMVID_URL, splits=
     base_url = base_url.rstrip("/") + "/"
     known = json.loads(_HASHES.read_text())
     for split in splits:
-        download(base_url + f"{split}.txt", dest / f"{split}.txt", progress=False)
+        if not (dest / f"{split}.txt").exists():  # a listing is installed whole (atomic rename) or not at all
+            download(base_url + f"{split}.txt", dest / f"{split}.txt", progress=False)
         files = [f"{p.parent.name}/{p.name}" for pair in read_split(dest, split) for p in pair]
         for rel in tqdm(files, desc=f"CamVid {split}", unit="file", disable=not progress):
             if _verified(dest / rel, known.get(rel)):
