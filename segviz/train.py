@@ -247,6 +247,7 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
     step, best, log_path, resumed_layout = 0, {"miou": -1.0}, out / "log.jsonl", None
+    carried = 0.0, []
     if resume and (out / "last.pt").exists():
         # On the CPU: the random states must be CPU byte tensors; load_state_dict moves the rest to the device.
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
@@ -260,6 +261,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
         if ema is not None:
             ema.load_state_dict(state["ema"])
         step, best, resumed_layout = state["step"], state["best"], state.get("channels_last")
+        # stopped inside an epoch: that epoch's seconds and losses so far, so that its log line counts them
+        carried = state.get("epoch_seconds", 0.0), list(state.get("epoch_losses", []))
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -291,18 +294,20 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
                           "step": step, "best": best, "torch_rng": torch.get_rng_state(),
                           "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                           "channels_last": fmt == torch.channels_last,
+                          "epoch_seconds": time.time() - t0, "epoch_losses": losses,
                           "recipe": _comparable(recipe)}, out / "last.pt")
 
     while step < total and (max_steps is None or step < max_steps):
         epoch, done = divmod(step, steps_per_epoch)
-        t0 = time.time()
+        seconds_before, losses = carried if done else (0.0, [])
+        carried = 0.0, []
+        t0 = time.time() - seconds_before
         model.train()
         sampler.set_epoch(epoch)
         augmented.epoch = epoch
         loader = DataLoader(augmented, batch_size=recipe.batch_size, sampler=SkipSampler(sampler, done * recipe.batch_size),
                             num_workers=workers, drop_last=False,
                             generator=torch.Generator().manual_seed(recipe.seed))  # leaves the global RNG (dropout) alone
-        losses = []
         bar = tqdm(loader, desc=f"{recipe.model} epoch {epoch + 1}/{recipe.epochs}", initial=done,
                    total=steps_per_epoch, disable=not progress or rank != 0)
         for images, target in bar:

@@ -90,6 +90,8 @@ def test_max_steps_inside_an_epoch_resumes_at_that_step(camvid_root, tmp_path):
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    # The interrupted epoch's log line counts the steps taken before the stop too (its mean loss).
+    assert resumed.log[-1]["loss"] == pytest.approx(straight.log[-1]["loss"], rel=1e-4)
 
 
 @pytest.mark.slow  # tens of seconds of training in subprocesses
