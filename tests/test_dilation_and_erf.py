@@ -72,6 +72,10 @@ def test_effective_field_lies_inside_the_theoretical_one():
     assert erf_extent(erf, 1e-9) <= (5, 5)
     h, w = final_field(model, (32, 40))
     assert field_box((h, w), (10, 20)) == (7.5, 17.5, 12.5, 22.5)
+    # Centred where the trace puts the field: upsampled by 32 without corner alignment, 15.5 px up and left.
+    from segviz.receptive_field import Field
+
+    assert field_box((Field(91, 1, -15.5), Field(91, 1, -15.5)), (100, 200)) == (39.0, 139.0, 130.0, 230.0)
     avg, _ = effective_field(model, image, (10, 20), class_index=1, samples=3)
     assert avg.shape == (32, 40)
     # Random inputs go through in one batch: the same map as each input's gradient taken on its own.
