@@ -152,19 +152,26 @@ def _crf_labels(probs: np.ndarray, image: np.ndarray, params) -> np.ndarray:
 
 
 _CRF_POOL = None
+_crf_pool_lock = threading.Lock()
 
 
-def _crf_pool():
-    """Worker processes for the dense CRF (pydensecrf holds the GIL: threads would run one at a time)."""
+def _crf_pool(broken=None):
+    """Worker processes for the dense CRF (pydensecrf holds the GIL: threads would run one at a time).
+    ``broken``: a pool that lost a worker (killed, e.g. out of memory); it is replaced by a new one."""
     global _CRF_POOL
-    if _CRF_POOL is None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-        # fork: the workers only run numpy and pydensecrf, and need neither the app nor a fresh interpreter
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        _CRF_POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context(method))
-    return _CRF_POOL
+    with _crf_pool_lock:
+        if broken is not None and _CRF_POOL is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            _CRF_POOL = None
+        if _CRF_POOL is None:
+            # fork: the workers only run numpy and pydensecrf, and need neither the app nor a fresh interpreter
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            _CRF_POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1,
+                                            mp_context=multiprocessing.get_context(method))
+        return _CRF_POOL
 
 
 def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> dict[str, np.ndarray]:
@@ -175,12 +182,23 @@ def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> di
     if len(todo) == 1:
         out[todo[0]] = _crf_labels(predict_one(todo[0], image, keep_probs=True).probs, image, params)
     elif todo:
-        jobs = {n: _crf_pool().submit(_crf_labels, predict_one(n, image, keep_probs=True).probs, image, params)
-                for n in todo}
-        for i, n in enumerate(todo):
-            out[n] = jobs[n].result()
-            if progress:
-                progress((i + 1) / len(todo), f"dense CRF: {i + 1} of {len(todo)} models")
+        from concurrent.futures.process import BrokenProcessPool
+
+        probs = {n: predict_one(n, image, keep_probs=True).probs for n in todo}
+        for attempt in (1, 2):  # a pool that lost a worker fails every job: once more on a new pool
+            pool = _crf_pool()
+            try:
+                jobs = {n: pool.submit(_crf_labels, probs[n], image, params) for n in todo}
+                for i, n in enumerate(todo):
+                    out[n] = jobs[n].result()
+                    if progress:
+                        progress((i + 1) / len(todo), f"dense CRF: {i + 1} of {len(todo)} models")
+                break
+            except BrokenProcessPool:
+                _crf_pool(broken=pool)
+                if attempt == 2:
+                    raise RuntimeError("the dense CRF's worker processes stopped twice (out of memory?); "
+                                       "try a smaller image or fewer models") from None
     for n in todo:
         _CRF_CACHE[keys[n]] = out[n]
     return out

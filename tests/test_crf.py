@@ -117,3 +117,25 @@ def test_several_models_crf_in_worker_processes_equal_the_direct_call(camvid_roo
     for name in names:
         direct = dense_crf(engine.predict_one(name, image, keep_probs=True).probs, image, params).argmax(0)
         assert np.array_equal(c.refined[name], direct), name
+
+
+def test_a_crf_worker_that_dies_is_replaced(camvid_root):
+    """A worker killed (out of memory, say) breaks its pool for every later job: the next comparison
+    with the CRF gets a new pool instead of failing until the app restarts."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from segviz import compare as engine
+    from segviz.crf import AVAILABLE, CRFParams
+
+    if not AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    pool = engine._crf_pool()
+    with pytest.raises(Exception):
+        pool.submit(os._exit, 1).result()  # the worker dies: the pool is broken
+    image = np.asarray(Image.open(camvid_root / "val" / "0016E5_07971.png").convert("RGB"))[::4, ::4].copy()
+    names = ["fcn8s_efficientnet_lite0.camvid", "fcn32s_efficientnet_lite0.camvid"]
+    c = engine.compare(image, names, crf_params=CRFParams(iterations=1))
+    assert set(c.refined) == set(names) and engine._crf_pool() is not pool
