@@ -261,3 +261,27 @@ def test_torch_layout_is_measured_once_remembered_and_can_be_forced(monkeypatch)
     other = torch.channels_last if before == torch.contiguous_format else torch.contiguous_format
     backends._torch(model, other)
     assert layout(model) == before
+
+
+def test_converted_files_are_named_by_the_weights_and_by_what_converted_them(monkeypatch, tmp_path):
+    """A new runners' revision or converter version converts again (the files' names differ), the same ones
+    find the file made before."""
+    monkeypatch.setenv("SEGVIZ_CACHE", str(tmp_path))
+    monkeypatch.setattr(backends, "versions", lambda: {"torch": torch.__version__, "openvino": "2026.4.1"})
+    first = backends.converted_file("openvino", "ab12", ".xml")
+    assert first == backends.converted_file("openvino", "ab12", ".xml") and first.parent == tmp_path / "openvino"
+    assert first.name.startswith("ab12-") and first.suffix == ".xml"
+    monkeypatch.setattr(backends, "versions", lambda: {"torch": torch.__version__, "openvino": "2027.0.0"})
+    assert backends.converted_file("openvino", "ab12", ".xml") != first
+    onnx = backends.converted_file("onnx", "ab12", ".onnx")
+    monkeypatch.setattr(backends, "RUNNERS_REVISION", backends.RUNNERS_REVISION + 1)
+    assert backends.converted_file("onnx", "ab12", ".onnx") != onnx
+    # converting again removes what an older conversion of the same weights left
+    older = [onnx, onnx.with_suffix(".xml"), onnx.with_suffix(".bin"), tmp_path / "onnx" / "ab12.onnx"]
+    newer = backends.converted_file("onnx", "ab12", ".onnx")
+    other = tmp_path / "onnx" / "cd34-0000000000.onnx"
+    for f in [*older, newer, other]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    backends._drop_older_conversions(newer, "ab12")
+    assert sorted(f.name for f in (tmp_path / "onnx").iterdir()) == sorted([newer.name, other.name])
