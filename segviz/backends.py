@@ -299,7 +299,7 @@ def measure(model: torch.nn.Module, key: str | None = None, size=PROBE_SIZE, bac
     gen = torch.Generator().manual_seed(0)
     x = torch.nn.functional.interpolate(torch.rand(1, 3, size[0] // 8, size[1] // 8, generator=gen), size=size,
                                         mode="bilinear", align_corners=False)
-    x = model.normalize(x)
+    x = model.normalize(x.to(next(model.parameters()).device))
     reference = make(model, "torch")(x)["out"].argmax(1)
     out = {}
     for name in backends:

@@ -101,6 +101,9 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
         model = model.to(dev).eval()
         measured = be.measure(model, None, size=size, backends=which, runs=runs)
         chosen = be.fastest(measured)
+        if "ms" not in measured.get(chosen, {}):
+            raise ValueError(f"{name}: none of {', '.join(which)} ran it here (" + "; ".join(
+                f"{b}: {m.get('error', 'arg-max disagrees with torch')}" for b, m in measured.items()) + ")")
         ms = measured[chosen]["ms"]
         work = gmacs(model, x)
         rows.append({"name": name, "compact": spec.compact, "trained": name in trained, "backends": measured,

@@ -60,6 +60,15 @@ def test_bench_json_has_backends_choice_and_ratios(capsys):
     assert result["compact_sum_gmacs_ratio"] == pytest.approx(row["gmacs"] / result["reference"]["gmacs"], abs=0.001)
 
 
+def test_bench_with_no_backend_that_runs_a_model_says_so_in_one_line(capsys, monkeypatch):
+    from segviz import backends
+
+    monkeypatch.setattr(backends, "missing", lambda b: "openvino is not installed" if b == "openvino" else None)
+    code, _, err = run(capsys, "bench", "--models", "fcn8s_efficientnet_lite0", "--size", "64x96", "--runs", "1",
+                       "--warmup", "0", "--backend", "openvino")
+    assert code == 2 and err.count("\n") == 1 and "none of openvino ran it here (openvino: openvino is not installed)" in err
+
+
 def test_bench_review_times_the_first_pass_against_the_forwards(capsys, camvid_root):
     code, out, _ = run(capsys, "bench", "--review", "--limit", "1", "--runs", "1", "--warmup", "0", "--size", "64x96",
                        "--data", str(camvid_root), "--json")
