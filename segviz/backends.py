@@ -405,8 +405,8 @@ def runner(model: torch.nn.Module, sha256: str | None, backend: str | None = Non
     this machine (measured once, then remembered). Falls back to ``torch`` when the chosen backend
     is not installed, and says why in ``runner.note``."""
     device = next(model.parameters()).device
-    if device.type == "cuda":
-        return make(model, "torch")
+    if device.type == "cuda":  # torch with fp16 autocast, in the layout load_model gave it (no copy)
+        return make(model, "torch-channels-last" if layout_of(model) == torch.channels_last else "torch")
     backend = backend or requested()
     if backend is None:
         backend = remembered(sha256) if sha256 else None
