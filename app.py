@@ -7,21 +7,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import segviz.ui  # noqa: E402
+from segviz import env_number  # noqa: E402
 
-QUEUE = int(os.environ.get("SEGVIZ_QUEUE", "16"))
+try:
+    import segviz.ui  # noqa: E402  (reads SEGVIZ_CACHE_MB, SEGVIZ_KEEP_OUTPUTS, SEGVIZ_CRF_BUDGET)
+
+    QUEUE = env_number("SEGVIZ_QUEUE", 16, minimum=1)
+    PORT = env_number("SEGVIZ_PORT", 7860)
+    demo = segviz.ui.build()
+except ValueError as e:  # a malformed setting: one line, no traceback
+    sys.exit(f"error: {e}")
 MAX_FILE_SIZE = os.environ.get("SEGVIZ_MAX_FILE_SIZE", "20mb")
 
-demo = segviz.ui.build()
 demo.queue(default_concurrency_limit=1, max_size=QUEUE)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("SEGVIZ_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SEGVIZ_PORT", "7860")))
+    parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--queue", type=int, default=QUEUE, help="requests that may wait (default %(default)s)")
     parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest upload (default %(default)s)")
     parser.add_argument("--no-warm-up", action="store_true",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import viz
+from . import env_number, viz
 from .evaluate import ModelInput, labels_of, logits_of
 from .metrics import confusion_matrix, scores
 from .records import Record, resolve
@@ -88,7 +88,7 @@ def _prediction_bytes(p: "Prediction") -> int:
     return p.labels.nbytes + (p.probs.nbytes if p.probs is not None else 0)
 
 
-_CACHE_MB = int(os.environ.get("SEGVIZ_CACHE_MB", "512"))  # predictions (with probability maps for the CRF)
+_CACHE_MB = env_number("SEGVIZ_CACHE_MB", 512)  # predictions (with probability maps for the CRF)
 _CACHE = ByteCache(_CACHE_MB << 20, _prediction_bytes)
 
 

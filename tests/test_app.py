@@ -691,3 +691,24 @@ def test_dilation_taps_through_the_api_are_new_pngs_at_the_frames_size(server, f
     for path in (first, second):
         with Image.open(path) as im:
             assert im.format == "PNG" and im.size == (480, 360)
+
+
+def test_a_malformed_setting_stops_the_app_with_one_line(monkeypatch):
+    import subprocess
+    import sys
+
+    from segviz import env_number
+
+    out = subprocess.run([sys.executable, "app.py", "--no-warm-up"], cwd=Path(__file__).resolve().parent.parent,
+                         env={**os.environ, "SEGVIZ_CACHE_MB": "1G"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip() == \
+        "error: SEGVIZ_CACHE_MB='1G': must be a whole number of at least 0 (default 512)", out.stderr[-2000:]
+    monkeypatch.delenv("SEGVIZ_TEST_NUMBER", raising=False)
+    assert env_number("SEGVIZ_TEST_NUMBER", 7) == 7
+    for raw, whole, expected in (("12", True, 12), ("2e6", False, 2e6), (" 3 ", True, 3)):
+        monkeypatch.setenv("SEGVIZ_TEST_NUMBER", raw)
+        assert env_number("SEGVIZ_TEST_NUMBER", 1, whole=whole) == expected
+    for raw in ("1.5", "-1", "x"):
+        monkeypatch.setenv("SEGVIZ_TEST_NUMBER", raw)
+        with pytest.raises(ValueError, match="SEGVIZ_TEST_NUMBER"):
+            env_number("SEGVIZ_TEST_NUMBER", 1)

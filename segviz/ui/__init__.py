@@ -11,8 +11,10 @@ import time
 import numpy as np
 import torch
 
+from .. import env_number
+
 OUTPUTS = os.path.join(tempfile.gettempdir(), "segviz-outputs")
-KEEP_OUTPUTS_S = int(os.environ.get("SEGVIZ_KEEP_OUTPUTS", "3600"))  # our PNGs and Gradio's cached copies
+KEEP_OUTPUTS_S = env_number("SEGVIZ_KEEP_OUTPUTS", 3600)  # our PNGs and Gradio's cached copies
 
 
 def device_line() -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import viz
+from .. import env_number, viz
 from .. import records
 from ..compare import (Comparison, classes_at, compare, comparison_card, crf_views, file_identity, load, metrics_table,
                        overlay_title, overlays, resolve, shows, titles)
@@ -94,7 +94,7 @@ def crf_settings(enabled: bool, iterations=5, gaussian_sxy=3.0, gaussian_compat=
 
 # Per request, the dense CRF may do at most this many pixel-iterations summed over the models (pixels at
 # the CRF's working scale x iterations x models); larger requests run at a lower working scale.
-CRF_BUDGET = int(float(os.environ.get("SEGVIZ_CRF_BUDGET", "20e6")))
+CRF_BUDGET = int(env_number("SEGVIZ_CRF_BUDGET", 20e6, whole=False))
 MIN_CRF_SCALE = 0.25
 
 
