@@ -7,6 +7,7 @@ from one client first, not counted) and after the load, with their ratio.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ class LoadResult:
         if not self.latencies:
             return None
         xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs)) - 1))]
+        return xs[min(len(xs) - 1, max(0, math.ceil(q / 100 * len(xs)) - 1))]  # nearest rank
 
     def summary(self) -> str:
         p50, p95 = self.percentile(50), self.percentile(95)

@@ -37,6 +37,12 @@ def test_loadtest_cli_two_clients_two_requests_no_failures(app_server, tmp_path)
     assert not [p.relative_to(tmp_path) for p in tmp_path.rglob("*")], list(tmp_path.rglob("*"))
 
 
+def test_percentiles_are_nearest_rank():
+    r = LoadResult(5, latencies=[5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (r.percentile(50), r.percentile(95), r.percentile(20)) == (3.0, 5.0, 1.0)  # round() gave 2.0 for p50
+    assert LoadResult(30, latencies=[float(i) for i in range(1, 31)]).percentile(95) == 29.0
+
+
 def test_summary_counts_failures_and_percentiles():
     r = LoadResult(4, latencies=[1.0, 2.0, 3.0], failures=["AppError: queue is full"], rss_before_mb=1000,
                    rss_after_mb=1100)
