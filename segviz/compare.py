@@ -57,10 +57,8 @@ class ByteCache:
             return self._items[key]
 
     def __contains__(self, key) -> bool:
-        return key in self._items
-
-    def __getitem__(self, key):
-        return self._items[key]
+        with self._lock:
+            return key in self._items
 
     def __setitem__(self, key, value):
         size = self.nbytes(value)

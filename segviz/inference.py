@@ -17,8 +17,13 @@ def default_device() -> torch.device:
 
 def load_model(name: str, weights: str | None = None, device: str | None = None,
                manifest: str = str(MANIFEST)) -> torch.nn.Module:
-    """See :func:`_load_model` (cached on the arguments, however they are passed)."""
-    return _load_model(name, weights, device, str(manifest))
+    """See :func:`_load_model` (cached on the arguments, however they are passed). One thread at a time:
+    two that miss the cache together (the app's warm-up and a request) would each build and keep a copy."""
+    with _model_lock:
+        return _load_model(name, weights, device, str(manifest))
+
+
+_model_lock = threading.RLock()
 
 
 @functools.lru_cache(maxsize=32)

@@ -13,8 +13,8 @@ the field the whole image, which is reported as such rather than as a number.
 from __future__ import annotations
 
 import functools
-
 import math
+import threading
 from dataclasses import dataclass, replace
 
 import torch
@@ -360,11 +360,17 @@ def registry_key(name: str) -> str | None:
     return r.network if r.trained_here else None
 
 
+_trace_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=64)
 def traced(name: str, size: tuple[int, int]):
-    """(model, layers, outputs): :func:`traceable` and its :func:`trace`, once per model and image size."""
-    model = traceable(name)
-    return (model, *trace(model, size))
+    """(model, layers, outputs): :func:`traceable` and its :func:`trace`, once per model and image size.
+    One trace at a time: a foreign network is the loaded one, and two traces' hooks on it would each
+    record the other's layers."""
+    with _trace_lock:
+        model = traceable(name)
+        return (model, *trace(model, size))
 
 
 def theoretical_field(name: str, size: tuple[int, int]):

@@ -133,3 +133,17 @@ def test_a_model_trained_without_a_sequence_scores_its_recorded_held_out_miou_on
     assert not train_frames & {p[0].name for p in held.pairs} and len(held) > 50
     result = evaluate(load_model(name, device="cpu"), held, progress=False)
     assert abs(result["miou"] - entry["heldout"]["miou"]) <= 0.2, (result["miou"], entry["heldout"]["miou"])
+
+
+def test_two_threads_loading_one_model_get_one_copy(private_manifest):
+    """The app's warm-up and a request may ask for the same model at once: one load, one module kept."""
+    import threading
+
+    name, manifest, _ = private_manifest
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(load_model(name, manifest=str(manifest)))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and got[0] is got[1] is got[2]
