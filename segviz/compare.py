@@ -1,6 +1,7 @@
 """Run several models on one image and compare them: the engine behind the Compare tab."""
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import io
@@ -170,6 +171,16 @@ def _crf_pool(broken=None):
             _CRF_POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1,
                                             mp_context=multiprocessing.get_context(method))
         return _CRF_POOL
+
+
+@atexit.register
+def _close_crf_pool():
+    """At exit, before the interpreter tears down the modules the pool's threads still use."""
+    global _CRF_POOL
+    with _crf_pool_lock:
+        if _CRF_POOL is not None:
+            _CRF_POOL.shutdown(wait=True, cancel_futures=True)
+            _CRF_POOL = None
 
 
 def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> dict[str, np.ndarray]:
