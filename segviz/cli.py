@@ -344,6 +344,7 @@ def cmd_rf(args) -> int:
                  "whole_image": l.field[0].whole or l.field[1].whole} for l in layers]
         print(json.dumps({"model": args.model, "input": list(args.size), "layers": rows,
                           "output": {"size": [f.size for f in field], "jump": [f.jump for f in field],
+                                     "start": [f.start for f in field],
                                      "whole_image": field[0].whole or field[1].whole}}, indent=1))
         return 0
     print(f"{'layer':48} {'type':18} {'field (h x w)':>16} {'jump':>6}")
@@ -352,6 +353,10 @@ def cmd_rf(args) -> int:
         size = "whole image" if (h.whole or w.whole) else f"{h.size:g} x {w.size:g}"
         print(f"{l.name[:48]:48} {l.kind[:18]:18} {size:>16} {h.jump:6g}")
     print(f"{args.model}: each output pixel sees {describe(field)} (input {args.size[0]}x{args.size[1]})")
+    if not (field[0].whole or field[1].whole):
+        def at(f, v):
+            return (f"{f.jump:g} {v}" if f.jump != 1 else v) + (f" {'-' if f.start < 0 else '+'} {abs(f.start):g}" if f.start else "")
+        print(f"the field of output pixel (y, x) is centred on input pixel ({at(field[0], 'y')}, {at(field[1], 'x')})")
     return 0
 
 

@@ -316,8 +316,9 @@ def effective_field(model: nn.Module, image, pixel: tuple[int, int], class_index
 def field_box(field: tuple[Field, Field], pixel: tuple[int, int]):
     """The theoretical field of output ``pixel`` as (y0, x0, y1, x1), not clipped (it may reach past the
     image), or None when it is the whole image. It is centred where the trace puts it, which need not be the
-    pixel: a stride-32 map upsampled bilinearly (``align_corners=False``) reads output pixel i from feature
-    position (i + 0.5) / 32 - 0.5, whose unit sits at pixel i - 15.5 (the ERF's centroid moves the same way)."""
+    pixel: a stride-s map upsampled bilinearly (``align_corners=False``) reads output pixel i from feature
+    position (i + 0.5) / s - 0.5, whose unit sits at input pixel i - (s - 1) / 2 (FCN's transposed conv of
+    kernel 2s, padding s/2 reads the same units); the ERF's centroid moves the same way."""
     h, w = field
     if h.whole or w.whole:
         return None

@@ -39,6 +39,11 @@ def test_rf_command_reports_the_context_module(capsys):
     assert len(sizes) == 8
     assert [b - a for a, b in zip(sizes, sizes[1:])] == [16, 32, 64, 128, 256, 16, 0]
     assert result["output"]["whole_image"] is False
+    # Output stride 8, upsampled by 8 without corner alignment: pixel i reads (i + 0.5) / 8 - 0.5, whose
+    # unit sits at input pixel i - 3.5; the stride-32 FCN's transposed conv (k 64, s 32, p 16) at i - 15.5.
+    assert result["output"]["start"] == [-3.5, -3.5]
+    code, out, _ = run(capsys, "rf", "--model", "fcn32s_efficientnet_lite0", "--size", "64x64")
+    assert "centred on input pixel (y - 15.5, x - 15.5)" in out
 
 
 def test_bench_json_has_backends_choice_and_ratios(capsys):
