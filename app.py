@@ -13,15 +13,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from segviz import env_number  # noqa: E402
 
-try:
-    import segviz.ui  # noqa: E402  (reads SEGVIZ_CACHE_MB, SEGVIZ_KEEP_OUTPUTS, SEGVIZ_CRF_BUDGET)
+try:  # the modules that read settings at import: SEGVIZ_KEEP_OUTPUTS, SEGVIZ_CRF_BUDGET, SEGVIZ_CACHE_MB
+    import segviz.ui  # noqa: E402
+    import segviz.ui.compare  # noqa: E402,F401
 
     QUEUE = env_number("SEGVIZ_QUEUE", 16, minimum=1)
     PORT = env_number("SEGVIZ_PORT", 7860)
-    demo = segviz.ui.build()
 except ValueError as e:  # a malformed setting: one line, no traceback
     sys.exit(f"error: {e}")
 MAX_FILE_SIZE = os.environ.get("SEGVIZ_MAX_FILE_SIZE", "20mb")
+
+demo = segviz.ui.build()
 
 demo.queue(default_concurrency_limit=1, max_size=QUEUE)
 

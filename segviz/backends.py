@@ -14,7 +14,8 @@ No layout or backend is fastest everywhere, so at a model's first use on a machi
 arg-max agrees with PyTorch's on at least 99.9% of the pixels, and remembers the choice in the
 user cache (``~/.cache/segviz/backends.json``) under a key made of the CPU model, the thread
 count, the library versions, the runners' revision and the weights' sha256.
-``SEGVIZ_BACKEND=NAME`` (or ``--backend`` in the CLI) overrides the choice. On CUDA the model stays on PyTorch with fp16 autocast.
+``SEGVIZ_BACKEND=NAME`` (or ``--backend`` in the CLI) overrides the choice. On CUDA the model stays
+on PyTorch with fp16 autocast.
 """
 from __future__ import annotations
 

@@ -193,11 +193,11 @@ def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> di
     elif todo:
         from concurrent.futures.process import BrokenProcessPool
 
-        probs = {n: predict_one(n, image, keep_probs=True).probs for n in todo}
         for attempt in (1, 2):  # a pool that lost a worker fails every job: once more on a new pool
             pool = _crf_pool()
-            try:
-                jobs = {n: pool.submit(_crf_labels, probs[n], image, params) for n in todo}
+            try:  # each model's CRF starts while the next model's prediction is made (or read from the cache)
+                jobs = {n: pool.submit(_crf_labels, predict_one(n, image, keep_probs=True).probs, image, params)
+                        for n in todo}
                 for i, n in enumerate(todo):
                     out[n] = jobs[n].result()
                     if progress:
