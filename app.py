@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from segviz import env_number  # noqa: E402
+
+
+def file_size(text: str, name: str = "") -> str:
+    """An upload limit in the form Gradio reads ("20mb", "500kb", "1gb"); anything else is a one-line
+    ValueError (naming the setting ``name`` when given)."""
+    if not re.fullmatch(r"\s*[0-9]+\s*[kmgt]?b\s*", text, re.IGNORECASE) or not int(re.sub(r"\D", "", text)):
+        raise ValueError(f"{name + '=' if name else ''}{text!r}: must be a file size such as 20mb, 500kb or 1gb")
+    return text
+
 
 try:  # the modules that read settings at import: SEGVIZ_KEEP_OUTPUTS, SEGVIZ_CRF_BUDGET, SEGVIZ_CACHE_MB
     import segviz.ui  # noqa: E402
@@ -19,9 +29,9 @@ try:  # the modules that read settings at import: SEGVIZ_KEEP_OUTPUTS, SEGVIZ_CR
 
     QUEUE = env_number("SEGVIZ_QUEUE", 16, minimum=1)
     PORT = env_number("SEGVIZ_PORT", 7860)
+    MAX_FILE_SIZE = file_size(os.environ.get("SEGVIZ_MAX_FILE_SIZE", "").strip() or "20mb", "SEGVIZ_MAX_FILE_SIZE")
 except ValueError as e:  # a malformed setting: one line, no traceback
     sys.exit(f"error: {e}")
-MAX_FILE_SIZE = os.environ.get("SEGVIZ_MAX_FILE_SIZE", "20mb")
 
 demo = segviz.ui.build()
 
@@ -32,7 +42,8 @@ if __name__ == "__main__":
     parser.add_argument("--host", default=os.environ.get("SEGVIZ_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--queue", type=int, default=QUEUE, help="requests that may wait (default %(default)s)")
-    parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest upload (default %(default)s)")
+    parser.add_argument("--max-file-size", type=file_size, default=MAX_FILE_SIZE,
+                        help="largest upload (default %(default)s)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="do not prepare the CamVid models on their fastest backend in the background at start")
     args = parser.parse_args()

@@ -452,13 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on CamVid (resumable to the exact step)")
     t.add_argument("--model", required=True)
     t.add_argument("--data", default=None, help="CamVid folder (default: $SEGVIZ_DATA or ../shared/datasets/camvid)")
-    t.add_argument("--epochs", type=_int_at_least(1), default=16)
+    t.add_argument("--epochs", type=_int_at_least(1), default=20)  # the defaults are the bundled models' recipe
     t.add_argument("--size", type=_size, default=(176, 240), help="training crop HxW")
     t.add_argument("--batch-size", type=_int_at_least(1), default=8)
     t.add_argument("--lr", type=_float_in(0, None, low_open=True), default=1e-3)
     t.add_argument("--weight-decay", type=_float_in(0, None), default=1e-4)
     t.add_argument("--eval-every", type=_int_at_least(1), default=2, help="epochs between validations")
-    t.add_argument("--class-weights", default="median_frequency",
+    t.add_argument("--class-weights", default="sqrt_median_frequency",
                    choices=["median_frequency", "sqrt_median_frequency", "none"])
     t.add_argument("--scale", type=_float_in(0.05, 8), nargs=2, default=(0.5, 1.0),
                    help="random rescale range of the frames, e.g. 0.5 2.0")

@@ -40,7 +40,7 @@ from .weights import save_safetensors
 @dataclass
 class Recipe:
     model: str
-    epochs: int = 16
+    epochs: int = 20
     batch_size: int = 8
     crop: tuple[int, int] = (176, 240)
     scale: tuple[float, float] = (0.5, 1.0)
@@ -49,7 +49,7 @@ class Recipe:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     aux_weight: float = 0.4
-    class_weights: str = "median_frequency"  # or "sqrt_median_frequency" or "none"
+    class_weights: str = "sqrt_median_frequency"  # or "median_frequency" or "none"
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated and saved
     seed: int = 0

@@ -376,7 +376,8 @@ def test_gradio_client_api(server, frame):
 
     client = Client(server, verbose=False)
     names = [e["api_name"] if isinstance(e, dict) else e for e in client.view_api(return_format="dict")["named_endpoints"]]
-    assert {"/compare", "/restyle", "/export_card"} <= set(names)
+    assert {"/compare", "/restyle", "/model_set", "/export_card", "/receptive_field", "/field_depth",
+            "/dilation_coverage", "/dilation_taps", "/review"} <= set(names)  # the README lists them
     image, mask = frame
     out = client.predict(handle_file(image), READY, 0.6, handle_file(mask), api_name="/compare")
     gallery, legend = out[0], out[1]
@@ -703,6 +704,10 @@ def test_a_malformed_setting_stops_the_app_with_one_line(monkeypatch):
                          env={**os.environ, "SEGVIZ_CACHE_MB": "1G"}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and out.stderr.strip() == \
         "error: SEGVIZ_CACHE_MB='1G': must be a whole number of at least 0 (default 512)", out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "app.py", "--no-warm-up"], cwd=Path(__file__).resolve().parent.parent,
+                         env={**os.environ, "SEGVIZ_MAX_FILE_SIZE": "20m"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip() == \
+        "error: SEGVIZ_MAX_FILE_SIZE='20m': must be a file size such as 20mb, 500kb or 1gb", out.stderr[-2000:]
     monkeypatch.delenv("SEGVIZ_TEST_NUMBER", raising=False)
     assert env_number("SEGVIZ_TEST_NUMBER", 7) == 7
     for raw, whole, expected in (("12", True, 12), ("2e6", False, 2e6), (" 3 ", True, 3)):

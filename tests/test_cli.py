@@ -132,6 +132,10 @@ def test_report_prints_the_bundled_models(capsys):
         row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))
         assert row.endswith(f"| {r['backend']} | {r['ratio']:.3f} | {r['gmacs']:.2f} | {r['gmacs_per_s']:.1f} |")
         assert f"| {r['ms']:.1f} |" in row
+    manifest = read_manifest()
+    for r in json.loads((ROOT / "assets" / "crf.json").read_text()):  # the CRF study measured the shipped weights
+        entry = manifest[f"{r['model']}.camvid"]
+        assert not entry.get("val_trained_on") and r["val_miou"] == pytest.approx(entry["val_miou"], abs=0.01), r["model"]
 
 
 def test_bad_size_is_refused(capsys):
