@@ -19,7 +19,7 @@ class ModelSpec:
     arxiv: str
     voc12_miou: float | None  # PASCAL VOC 2012 test mIoU as the 2017 review quotes it
     backbone: str
-    output_stride: int
+    output_stride: int  # stride of the map the logits are computed at, before the last upsampling to the input
     key_idea: str
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
     order: int = 0  # position in the 2017 review's story (FCN first, U-Net last); ties keep faithful before compact

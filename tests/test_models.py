@@ -159,8 +159,22 @@ def test_duplicate_registration_is_refused():
         registry.register(spec)
 
 
+@pytest.mark.parametrize("name", [s.name if s.compact else pytest.param(s.name, marks=pytest.mark.slow)
+                                  for s in list_models()])  # slow: the VGG/ResNet configurations
+def test_spec_output_stride_is_where_the_logits_are_made(name):
+    """The spec's output stride is the stride of the finest map the logits are computed at (the last
+    convolution with one channel per class, before any upsampling to the input's size)."""
+    model, strides = build(name, num_classes=7).eval(), []
+    for m in model.modules():
+        if type(m) is torch.nn.Conv2d:
+            m.register_forward_hook(lambda m, i, out: strides.append(256 / out.shape[-1]) if out.shape[1] == 7 else None)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 256, 256))
+    assert strides and round(min(strides)) == get_spec(name).output_stride, strides
+
+
 def test_output_stride_is_real():
-    """The spec's output stride is the stride of the finest prediction the head makes."""
+    """A backbone built for output stride 8, 16 or 32 ends at that stride."""
     from segviz.backbones import build_backbone
 
     for os_ in (8, 16, 32):

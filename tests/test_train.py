@@ -84,17 +84,21 @@ def test_recipe_rejects_nonsense():
 
 def test_train_steps_log_and_resume(camvid_root, tmp_path):
     recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), eval_every=1)
-    first = train(recipe, data=camvid_root, out=tmp_path, limit=4, progress=False, workers=0)
+    first = train(recipe, data=camvid_root, out=tmp_path, limit=4, progress=False, workers=0, max_steps=2)
     run = tmp_path / MODEL
+    assert first.steps == 2 and [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().split("\n")
+                                 if line] == [1]
+    resumed = train(recipe, data=camvid_root, out=tmp_path, limit=4, progress=False, workers=0, resume=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().split("\n") if line]
-    assert [r["epoch"] for r in log] == [1, 2] and "val_miou" in log[0] and first.best["miou"] >= 0
-    assert (run / "best.safetensors").exists() and (run / "last.pt").exists() and first.steps == 4
+    assert [r["epoch"] for r in log] == [1, 2] and all("val_miou" in r for r in log) and resumed.steps == 4
+    assert round(resumed.best["miou"], 2) == max(r["val_miou"] for r in log)  # the log rounds to 2 places
+    assert (run / "best.safetensors").exists() and (run / "last.pt").exists()
     with pytest.raises(ValueError, match="another recipe.*lr"):
         train(Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), lr=0.5), data=camvid_root, out=tmp_path,
               resume=True, limit=4, progress=False)
 
 
-@pytest.mark.slow  # the SIGKILL test below covers resuming in the default run
+@pytest.mark.slow  # resuming at an epoch's end is in the default run (test_train_steps_log_and_resume)
 def test_max_steps_inside_an_epoch_resumes_at_that_step(camvid_root, tmp_path):
     """Stopping after 3 of 4 steps and resuming equals running 4 steps straight: same data, same weights."""
     recipe = Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), photometric=0.5, val_split=None, select="last")
@@ -185,8 +189,10 @@ def test_two_gloo_processes_end_with_the_same_weights(camvid_root, tmp_path):
     assert not moved  # rank 0 saved exactly the synchronised weights
     from segviz.registry import build
 
+    # The backbone starts from ImageNet weights whatever the seed (the head's start is random).
     fresh = build(MODEL, num_classes=11, backbone_weights="imagenet").state_dict()
-    assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].is_floating_point()), "training changed nothing"
+    backbone = [k for k in a if k.startswith("backbone.") and a[k].is_floating_point()]
+    assert backbone and any(not torch.equal(a[k], fresh[k]) for k in backbone), "training changed nothing"
 
 
 @pytest.mark.slow

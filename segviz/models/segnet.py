@@ -130,7 +130,8 @@ def build_segnet(*, backbone: str, num_classes: int = 21, backbone_weights: str 
 
 for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
-        name=f"segnet_{_bb}", arch="segnet", order=40, title="SegNet", backbone=_bb, output_stride=32,
+        name=f"segnet_{_bb}", arch="segnet", order=40, title="SegNet", backbone=_bb,
+        output_stride=2 if _bb == "efficientnet_lite0" else 1,  # the decoder ends at the encoder's first level
         paper="SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image Segmentation", year=2015,
         arxiv="1511.00561", voc12_miou=59.9,
         key_idea="The decoder upsamples with the encoder's max-pooling indices, so nothing is learned for upsampling.",

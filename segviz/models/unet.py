@@ -107,7 +107,7 @@ def build_unet(*, backbone: str, num_classes: int = 21, backbone_weights: str | 
 for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
         name=f"unet_{_bb}", arch="unet", order=120, title="U-Net", backbone=_bb,
-        output_stride=UNetEncoder.output_stride if _cfg.paper_encoder else 32,
+        output_stride=1 if _cfg.paper_encoder else 2,  # the decoder ends at the encoder's first level
         paper="U-Net: Convolutional Networks for Biomedical Image Segmentation", year=2015, arxiv="1505.04597",
         voc12_miou=None,
         key_idea="A symmetric encoder-decoder: every decoder level concatenates the encoder map of the same size.",
