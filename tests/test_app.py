@@ -327,6 +327,17 @@ def test_run_can_be_cancelled_and_old_outputs_are_deleted():
     run = next(i for i, d in enumerate(deps) if d.get("api_name") == "compare")
     assert any(run in (d.get("cancels") or []) for d in deps)
     assert demo.delete_cache and demo.delete_cache[1] > 0
+    # segviz's own outputs: writing one removes those older than KEEP_OUTPUTS_S, keeps the newer ones.
+    from segviz import ui
+
+    old, new = ui.output_file(b"old", ".zip"), ui.output_file(b"new", ".zip")
+    os.makedirs(os.path.join(ui.OUTPUTS, "unpacked-old"))  # an unpacked review zip
+    for path in (old, os.path.join(ui.OUTPUTS, "unpacked-old")):
+        os.utime(path, (time.time() - ui.KEEP_OUTPUTS_S - 10,) * 2)
+    ui._last_prune.clear()
+    newest = ui.png_file(np.zeros((4, 4, 3), np.uint8))
+    assert not os.path.exists(old) and not os.path.exists(os.path.join(ui.OUTPUTS, "unpacked-old"))
+    assert os.path.exists(new) and os.path.exists(newest)
 
 
 def test_models_run_ahead_of_the_overlays_and_stop_when_the_run_is_closed(monkeypatch):

@@ -195,10 +195,21 @@ def test_openvino_compiles_a_size_seen_twice_and_keeps_the_last_few(monkeypatch)
     assert compiled == [[1, 3, -1, -1], [1, 3, 64, 96], [1, 3, 64, 96]]
 
 
-def test_onnxruntime_sessions_share_one_thread_pool():
-    pytest.importorskip("onnxruntime")
-    options = backends.ort_options()
-    assert options.use_per_session_threads is False and backends._ort_pool_threads == torch.get_num_threads()
+def test_onnxruntime_sessions_share_one_thread_pool(monkeypatch):
+    """The sessions the backend makes use the process's one pool (ONNX Runtime refuses such a session
+    when no global pool exists, so making one and running it is the check)."""
+    ort = pytest.importorskip("onnxruntime")
+    made, real = [], ort.InferenceSession
+
+    def spy(source, options=None, **kwargs):
+        made.append(options)
+        return real(source, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    runner = backends.make(load_model(MODELS[0], device="cpu"), "onnxruntime")
+    assert runner.fn(torch.zeros(1, 3, 64, 64)).shape[-2:] == (64, 64)
+    assert len(made) == 1 and made[0].use_per_session_threads is False
+    assert backends._ort_pool_threads == torch.get_num_threads()
 
 
 def test_the_app_says_once_when_a_faster_backend_is_missing(monkeypatch):
