@@ -44,11 +44,8 @@ def _data_uri(image, fmt: str = "PNG") -> str:
 
 
 def _figure_uri(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 

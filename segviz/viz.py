@@ -133,14 +133,19 @@ def changed_map(image: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.
     return grey.round().astype(np.uint8)
 
 
+def _figure(size: tuple[float, float]):
+    """A figure (100 dpi) and its axes that pyplot does not keep: freed with its last reference. pyplot
+    keeps each figure it makes until it is closed, so a server holding the figures of requests whose results
+    were never shown (a cancelled run) would grow for good."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    return fig, fig.subplots()
+
+
 def agreement_figure(matrix: np.ndarray, names: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = max(len(names), 3)
-    fig, ax = plt.subplots(figsize=(3.5 + 0.6 * n, 2.8 + 0.5 * n), dpi=100)
+    fig, ax = _figure((3.5 + 0.6 * n, 2.8 + 0.5 * n))
     lo = max(0, matrix.min() * 100 - 5)
     im = ax.imshow(matrix * 100, vmin=lo, vmax=100, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=9)
@@ -157,12 +162,7 @@ def agreement_figure(matrix: np.ndarray, names: list[str]):
 
 
 def class_share_figure(shares: np.ndarray, names: list[str], labelset: LabelSet):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.35 * len(names)), dpi=100)
+    fig, ax = _figure((8, 1.4 + 0.35 * len(names)))
     left = np.zeros(len(names))
     for c, (cls, color) in enumerate(zip(labelset.classes, labelset.colors)):
         ax.barh(range(len(names)), shares[:, c] * 100, left=left, color=np.array(color) / 255, label=cls,
@@ -187,16 +187,14 @@ def field_depth_figure(curves: dict, image_size: tuple[int, int]):
     ``segviz.receptive_field.DepthPoint`` list); marked where a stride, a pool, a dilated convolution or
     global pooling grows it. Fields that became the whole image are drawn on a line above the rest."""
     import matplotlib
+    import matplotlib.lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    fig, ax = _figure((9, 5))
     finite = [p.size for pts in curves.values() for p in pts if p.kind != "global"] + [max(image_size)]
     top = max(finite) * 1.6  # where "the whole image" is drawn
     styles = ["-", "--", "-.", ":"]
     for k, (title, pts) in enumerate(curves.items()):
-        colour = plt.cm.tab10(k % 10)
+        colour = matplotlib.colormaps["tab10"](k % 10)
         # The largest field reached so far: a skip or shortcut branch that reads an earlier, smaller field
         # does not shrink what the network has seen.
         ys = np.maximum.accumulate([top if p.kind == "global" else p.size for p in pts])
@@ -218,7 +216,7 @@ def field_depth_figure(curves: dict, image_size: tuple[int, int]):
     ax.set_xlabel("depth (convolutions and pools, in execution order)")
     ax.set_ylabel("largest theoretical field so far (px)")
     ax.set_title("How each architecture grows its receptive field", loc="right")
-    handles = [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="black", label=lab)
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="black", label=lab)
                for m, lab in DEPTH_MARKERS.values()]
     first = ax.legend(handles=handles, loc="lower right", fontsize=8, title="marks", title_fontsize=8)
     ax.add_artist(first)
@@ -355,14 +353,9 @@ def taps_image(image: np.ndarray, pixel: tuple[int, int], branches) -> np.ndarra
 
 
 def coverage_figure(coverage: np.ndarray, rates: list[int], kernel: int = 3):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .dilation import holes
 
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = _figure((5, 5))
     masked = np.ma.masked_equal(coverage, 0)
     im = ax.imshow(masked, cmap="viridis", interpolation="nearest")
     ax.set_facecolor("#222")
@@ -395,11 +388,8 @@ def trimap_figure(bands: list[int], curves: dict[str, list[float]], ylabel: str 
     ground-truth boundary; names ending in "+ CRF" are dashed."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    colors = plt.get_cmap("tab20").colors
+    fig, ax = _figure((8, 4.5))
+    colors = matplotlib.colormaps["tab20"].colors
     plain = [n for n in curves if not n.endswith("+ CRF")]
     for name, values in curves.items():
         base = name.removesuffix(" + CRF")
@@ -416,15 +406,10 @@ def trimap_figure(bands: list[int], curves: dict[str, list[float]], ylabel: str 
 
 def confusion_figure(cm: np.ndarray, classes, title: str):
     """A confusion matrix normalised per true class (rows sum to 100%), with class names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cm = np.asarray(cm, np.float64)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1) * 100
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(2.2 + 0.42 * n, 1.8 + 0.4 * n), dpi=100)
+    fig, ax = _figure((2.2 + 0.42 * n, 1.8 + 0.4 * n))
     ax.imshow(norm, vmin=0, vmax=100, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
