@@ -76,23 +76,30 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .train import Recipe, train
+def recipe_of(args):
+    """The :class:`segviz.train.Recipe` that ``train``'s options ask for."""
+    from .train import Recipe
 
     train_split, val_split = args.train_split, args.val_split
     if args.holdout:
         train_split, val_split = f"noseq:{args.holdout}", f"seq:{args.holdout}"
     if val_split == "none":
         val_split = None
-    recipe = Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, eval_every=args.eval_every, class_weights=args.class_weights,
-                    scale=tuple(args.scale), photometric=args.photometric, label_smoothing=args.label_smoothing,
-                    ema=args.ema, seed=args.seed, train_split=train_split, val_split=val_split,
-                    select=args.select or ("best" if val_split else "last"), checkpoint_every=args.checkpoint_every)
+    return Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
+                  weight_decay=args.weight_decay, eval_every=args.eval_every, class_weights=args.class_weights,
+                  scale=tuple(args.scale), photometric=args.photometric, label_smoothing=args.label_smoothing,
+                  ema=args.ema, seed=args.seed, train_split=train_split, val_split=val_split,
+                  select=args.select or ("best" if val_split else "last"), checkpoint_every=args.checkpoint_every)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    recipe = recipe_of(args)
     result = train(recipe, data=args.data, out=args.out, resume=args.resume, device=args.device,
                    max_steps=args.max_steps, workers=args.workers, layout=args.layout)
     if "epoch" in result.best:
-        print(json.dumps({"model": args.model, "val_split": val_split, "val_miou": round(result.best["miou"], 2),
+        print(json.dumps({"model": args.model, "val_split": recipe.val_split, "val_miou": round(result.best["miou"], 2),
                           "epoch": result.best["epoch"], "steps": result.steps}))
     else:
         print(json.dumps({"model": args.model, "steps": result.steps, "stopped": "before the first epoch ended"}))
