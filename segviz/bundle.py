@@ -36,6 +36,8 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
     return {"split": recipe["val_split"], "miou": round(recipe["best"]["miou"], 2), "epoch": recipe["best"]["epoch"],
             "last_miou": scored[-1]["val_miou"], "last_epoch": scored[-1]["epoch"],
             "per_class_iou": recipe["best"]["per_class_iou"],
+            # what else measured these weights (the CRF study, assets/crf.json) names them by this
+            "weights_sha256": sha256_file(best) if (best := run_dir / "best.safetensors").exists() else None,
             "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
 
 

@@ -203,6 +203,7 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path, 
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert held["split"] == "seq:0006R0" and held["last_epoch"] == 2 and held["last_miou"] == log[-1]["val_miou"]
     assert held["miou"] == round(max(r["val_miou"] for r in log), 2) and set(held["per_class_iou"]) >= {"Sky", "Road"}
+    assert held["weights_sha256"] == sha256_file(run / "best.safetensors")
     manifest = tmp_path / "weights" / "manifest.json"
     manifest.parent.mkdir()
     entry = bundle(MODEL, run, data=camvid_root, manifest=manifest, heldout=held)
