@@ -29,6 +29,28 @@ def _int_at_least(low: int):
     return parse
 
 
+def _crf_axis(text: str) -> tuple[str, tuple[float, ...]]:
+    """``bilateral_sxy=10,30``: one CRF parameter and the values a grid search tries."""
+    from dataclasses import fields
+
+    from .crf import CRFParams
+
+    names = [f.name for f in fields(CRFParams) if f.name not in ("iterations", "scale")]
+    name, _, values = text.partition("=")
+    if name not in names:
+        raise argparse.ArgumentTypeError(f"expected NAME=V[,V...] with NAME one of {', '.join(names)}; got {text!r}")
+    try:
+        parsed = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected numbers separated by commas, got {values!r}") from None
+    for v in parsed:
+        try:
+            CRFParams(**{name: v}).check()
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return name, parsed
+
+
 def _float_in(low: float, high: float | None, low_open: bool = False, high_open: bool = False):
     def parse(text: str) -> float:
         try:
@@ -238,11 +260,11 @@ def cmd_review(args) -> int:
         source = review.camvid_source(args.data, args.split, args.limit)
     crf = None
     if args.crf:
-        from .crf import AVAILABLE, INSTALL_HINT, CRFParams
+        from .crf import AVAILABLE, INSTALL_HINT, preset
 
         if not AVAILABLE:
             raise ValueError(INSTALL_HINT)
-        crf = CRFParams()
+        crf = preset(args.set)
     names = "all" if args.models == "all" else [n for n in args.models.split(",") if n]
     bars = []
 
@@ -368,16 +390,21 @@ def cmd_rf(args) -> int:
 
 
 def cmd_crf_tune(args) -> int:
+    from . import records
     from .crf import AVAILABLE, INSTALL_HINT
     from .data.camvid import CamVid
     from .evaluate import crf_study
     from .inference import load_model
+    from .weights import sha256_file
 
     if not AVAILABLE:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     model = load_model(args.model, weights=args.weights, device=args.device)
-    result = {"model": args.model, **crf_study(model, CamVid(args.data, args.split), next(model.parameters()).device)}
+    result = {"model": args.model, "split": args.split,
+              "weights_sha256": sha256_file(args.weights) if args.weights else records.get(args.model).sha256,
+              **crf_study(model, CamVid(args.data, args.split, limit=args.limit), next(model.parameters()).device,
+                          grid=dict(args.grid) if args.grid else None)}
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 
@@ -434,13 +461,18 @@ def cmd_report(args) -> int:
             f"{b['compact_sum_gmacs']:.2f} ({b['compact_sum_gmacs_ratio']:.3f} x)", "")
     crf_file = PROJECT_ROOT / "assets" / "crf.json"
     if crf_file.exists():
-        print("\n| model | val mIoU | + CRF (default) | 2nd half | + CRF default | + CRF tuned | tuned (sxy, srgb, compat) |")
-        print("|---|---|---|---|---|---|---|")
-        for r in json.loads(crf_file.read_text()):
-            t = r["tuned_params"]
-            print(f"| {r['model']} | {r['val_miou']:.2f} | {r['val_miou_crf_default']:.2f} | {r['second_half_miou']:.2f} "
+        rows = json.loads(crf_file.read_text())
+        preset_file = PROJECT_ROOT / "assets" / "crf_preset.json"  # the same study with --grid at crf.PRESETS' setting
+        at_preset = {r["model"]: r for r in json.loads(preset_file.read_text())} if preset_file.exists() else {}
+        print(f"\n| model | {'/'.join(sorted({r['split'] for r in rows}))} mIoU | + CRF (default) | 2nd half | + CRF default "
+              "| + CRF tuned | tuned (sxy, srgb, compat) | + CRF preset |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            t, p = r["tuned_params"], at_preset.get(r["model"])
+            preset = f"{p['second_half_miou_crf_tuned']:.2f}" if p else "-"
+            print(f"| {r['model']} | {r['miou']:.2f} | {r['miou_crf_default']:.2f} | {r['second_half_miou']:.2f} "
                   f"| {r['second_half_miou_crf_default']:.2f} | {r['second_half_miou_crf_tuned']:.2f} | "
-                  f"{t['bilateral_sxy']:g}, {t['bilateral_srgb']:g}, {t['bilateral_compat']:g} |")
+                  f"{t['bilateral_sxy']:g}, {t['bilateral_srgb']:g}, {t['bilateral_compat']:g} | {preset} |")
     return 0
 
 
@@ -563,8 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("crf-tune", help="measure the dense CRF: none vs default vs grid-searched parameters")
     c.add_argument("--model", required=True)
     c.add_argument("--data", default=None)
-    c.add_argument("--split", default="val")
-    c.add_argument("--weights", default=None)
+    c.add_argument("--split", default="val", help="val, seq:SEQ (a held-out sequence, e.g. seq:0006R0), ...")
+    c.add_argument("--limit", type=_int_at_least(2), default=None, help="only the split's first N frames")
+    c.add_argument("--weights", default=None, help="a safetensors file of --model (default: the bundled weights)")
+    c.add_argument("--grid", type=_crf_axis, action="append", metavar="NAME=V[,V...]",
+                   help="the values to search for one parameter (repeat per parameter; the others stay at their "
+                        "defaults); one value each scores that one setting. Default: segviz.evaluate.CRF_GRID")
     c.add_argument("--device", default=None)
     c.add_argument("--json", action="store_true", help="one line of JSON")
     c.set_defaults(func=cmd_crf_tune)

@@ -25,7 +25,7 @@ class CRFError(ValueError):
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Defaults are pydensecrf's documented ones (DeepLab tunes per dataset: see crf-tune)."""
+    """Defaults are pydensecrf's documented ones (DeepLab tunes per dataset: see crf-tune and :data:`PRESETS`)."""
 
     iterations: int = 5
     gaussian_sxy: float = 3.0
@@ -50,6 +50,18 @@ class CRFParams:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# What a model set's CRF starts at (the app's CRF panel, `predict --crf`, `review --crf`). CamVid's: per bilateral
+# parameter, the value that most of the twelve architectures' grid searches chose on the drive their held-out
+# runs never saw (assets/crf.json), scored for every architecture at once in assets/crf_preset.json (README,
+# "The dense CRF's effect"). Other sets start at pydensecrf's defaults.
+PRESETS = {"camvid": CRFParams(bilateral_sxy=30.0, bilateral_srgb=3.0, bilateral_compat=5.0)}
+
+
+def preset(dataset: str) -> CRFParams:
+    """The CRF parameters for models of ``dataset`` (a model set: "camvid", "voc")."""
+    return PRESETS.get(dataset, CRFParams())
 
 
 def _check_inputs(probs, image) -> tuple[np.ndarray, np.ndarray]:

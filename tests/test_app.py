@@ -394,6 +394,15 @@ def test_gradio_client_api(server, frame):
     gallery, legend = out[0], out[1]
     assert len(gallery) == len(READY) and "Bicyclist" in legend
     assert gallery[0]["caption"].startswith(TITLES[0])
+    # choosing a model set sets the CRF sliders to its parameters (iterations, Gaussian sxy / compat, bilateral
+    # sxy / srgb / compat): pydensecrf's defaults for VOC, CamVid's preset for CamVid
+    from segviz.crf import CRFParams, preset
+
+    for model_set, params in [("voc", CRFParams()), ("camvid", preset("camvid"))]:
+        sliders = client.predict(model_set, api_name="/model_set")[2:]
+        assert list(sliders) == [params.iterations, params.gaussian_sxy, params.gaussian_compat, params.bilateral_sxy,
+                                 params.bilateral_srgb, params.bilateral_compat], model_set
+    assert preset("camvid") != CRFParams()
 
 
 @needs_weights

@@ -132,10 +132,22 @@ def test_report_prints_the_bundled_models(capsys):
         row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))
         assert row.endswith(f"| {r['backend']} | {r['ratio']:.3f} | {r['gmacs']:.2f} | {r['gmacs_per_s']:.1f} |")
         assert f"| {r['ms']:.1f} |" in row
-    manifest = read_manifest()
-    for r in json.loads((ROOT / "assets" / "crf.json").read_text()):  # the CRF study measured the shipped weights
-        entry = manifest[f"{r['model']}.camvid"]
-        assert not entry.get("val_trained_on") and r["val_miou"] == pytest.approx(entry["val_miou"], abs=0.01), r["model"]
+    held = {e["model"]: e["heldout"] for e in read_manifest().values() if "heldout" in e}
+    rows = json.loads((ROOT / "assets" / "crf.json").read_text())
+    at_preset = {r["model"]: r for r in json.loads((ROOT / "assets" / "crf_preset.json").read_text())}
+    assert sorted(r["model"] for r in rows) == sorted(held) == sorted(at_preset)
+    assert "| model | seq:0006R0 mIoU |" in out
+    for r in rows:  # the CRF study measured each architecture's held-out run on the drive it never saw
+        h, p = held[r["model"]], at_preset[r["model"]]
+        assert (r["split"], r["weights_sha256"], r["images"]) == (h["split"], h["weights_sha256"], 101), r["model"]
+        assert r["miou"] == pytest.approx(h["miou"], abs=0.01), r["model"]
+        # the preset's run: the same weights and frames, so the same scores without the CRF and with its defaults
+        assert {k: p[k] for k in ("split", "weights_sha256", "miou", "miou_crf_default", "second_half_miou")} == {
+            k: r[k] for k in ("split", "weights_sha256", "miou", "miou_crf_default", "second_half_miou")}, r["model"]
+        row = next(line for line in out.splitlines() if line.startswith(f"| {r['model']} | {r['miou']:.2f} |"))
+        assert row.endswith(f"| {r['second_half_miou_crf_tuned']:.2f} | {r['tuned_params']['bilateral_sxy']:g}, "
+                            f"{r['tuned_params']['bilateral_srgb']:g}, {r['tuned_params']['bilateral_compat']:g} | "
+                            f"{p['second_half_miou_crf_tuned']:.2f} |")
 
 
 def test_bad_size_is_refused(capsys):

@@ -139,3 +139,108 @@ def test_a_crf_worker_that_dies_is_replaced(camvid_root):
     names = ["fcn8s_efficientnet_lite0.camvid", "fcn32s_efficientnet_lite0.camvid"]
     c = engine.compare(image, names, crf_params=CRFParams(iterations=1))
     assert set(c.refined) == set(names) and engine._crf_pool() is not pool
+
+
+def _frames(camvid_root, split, indices):
+    from segviz.data.camvid import CamVid
+
+    ds = CamVid(camvid_root, split)
+    ds.pairs, ds.images, ds.targets = [ds.pairs[i] for i in indices], [ds.images[i] for i in indices], [ds.targets[i] for i in indices]
+    return ds
+
+
+def test_crf_study_scores_what_evaluate_scores_and_tunes_on_the_first_half_only(camvid_root):
+    from segviz.crf import AVAILABLE
+    from segviz.evaluate import crf_study, evaluate
+    from segviz.inference import load_model
+
+    if not AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    model = load_model("fcn8s_efficientnet_lite0.camvid")
+    four = _frames(camvid_root, "seq:0006R0", range(0, 40, 10))
+    only_default = crf_study(model, four, tune_every=1, progress=False, grid={"bilateral_sxy": (80.0,)})
+    assert only_default["images"] == 4 and only_default["tuned_on"] == "every frame of frames 0-1"
+    assert only_default["miou"] == round(evaluate(model, four, progress=False)["miou"], 2)
+    assert only_default["second_half_miou"] == round(evaluate(model, _frames(camvid_root, "seq:0006R0", [20, 30]), progress=False)["miou"], 2)
+    # a grid holding only pydensecrf's defaults tunes to them: the tuned score is the default score
+    assert only_default["tuned_params"] == CRFParams().as_dict()
+    assert only_default["second_half_miou_crf_tuned"] == only_default["second_half_miou_crf_default"]
+    assert only_default["miou_crf_default"] != only_default["miou"]  # the CRF changed some labels
+    two = crf_study(model, four, tune_every=1, progress=False, grid={"bilateral_sxy": (10.0, 80.0)})
+    assert {k: v for k, v in two["tuned_params"].items() if k != "bilateral_sxy"} == {
+        k: v for k, v in CRFParams().as_dict().items() if k != "bilateral_sxy"}
+    assert two["tuned_params"]["bilateral_sxy"] in (10.0, 80.0)
+
+
+def test_crf_tune_names_its_split_weights_and_grid(camvid_root, capsys, tmp_path):
+    import json
+    import shutil
+
+    from segviz import records
+    from segviz.cli import main
+    from segviz.crf import AVAILABLE
+    from segviz.weights import WEIGHTS_DIR, sha256_file
+
+    if not AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    record = records.get("fcn32s_efficientnet_lite0.camvid")
+    one = ["--grid", "bilateral_srgb=5", "--grid", "bilateral_compat=3"]  # one setting, not the default
+    assert main(["crf-tune", "--model", record.name, "--split", "seq:0006R0", "--limit", "2", "--json",
+                 "--data", str(camvid_root), *one]) == 0
+    bundled = json.loads(capsys.readouterr().out)
+    assert (bundled["split"], bundled["images"], bundled["weights_sha256"]) == ("seq:0006R0", 2, record.sha256)
+    assert bundled["tuned_params"] == {**CRFParams().as_dict(), "bilateral_srgb": 5.0, "bilateral_compat": 3.0}
+    copy = tmp_path / "w.safetensors"
+    shutil.copy(WEIGHTS_DIR / record.file, copy)
+    assert main(["crf-tune", "--model", "fcn32s_efficientnet_lite0", "--weights", str(copy), "--split", "seq:0006R0",
+                 "--limit", "2", "--json", "--data", str(camvid_root), *one]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["weights_sha256"] == sha256_file(copy) and own["miou"] == bundled["miou"]
+    for bad, message in [("bilateral_sxy=0", "bilateral_sxy must be positive"), ("scale=0.5", "NAME one of"),
+                         ("bilateral_srgb=5,x", "expected numbers")]:
+        with pytest.raises(SystemExit):
+            main(["crf-tune", "--model", record.name, "--grid", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err, err
+
+
+def test_camvid_preset_is_the_setting_most_architectures_chose_on_the_held_out_drive():
+    import json
+    from collections import Counter
+
+    from conftest import ROOT
+    from segviz.crf import PRESETS, preset
+    from segviz.evaluate import CRF_GRID
+
+    rows = json.loads((ROOT / "assets" / "crf.json").read_text())
+    for axis in CRF_GRID:  # per parameter, the value chosen most often (a tie goes to the smaller value)
+        counts = Counter(r["tuned_params"][axis] for r in rows)
+        top = max(counts.values())
+        assert getattr(PRESETS["camvid"], axis) == min(v for v, c in counts.items() if c == top), axis
+    unsearched = {k: v for k, v in CRFParams().as_dict().items() if k not in CRF_GRID}
+    assert {k: v for k, v in preset("camvid").as_dict().items() if k not in CRF_GRID} == unsearched
+    # assets/crf_preset.json scored exactly this setting, for every architecture
+    at_preset = json.loads((ROOT / "assets" / "crf_preset.json").read_text())
+    assert all(r["tuned_params"] == preset("camvid").as_dict() for r in at_preset) and len(at_preset) == len(rows)
+    assert preset("voc") == CRFParams() and preset("anything else") == CRFParams()
+
+
+def test_predict_with_the_crf_applies_the_model_sets_preset(camvid_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from segviz import compare as engine
+    from segviz.crf import AVAILABLE, dense_crf, preset
+    from segviz.predict import predict_files
+
+    if not AVAILABLE:
+        pytest.skip("pydensecrf is not installed")
+    small = tmp_path / "small.png"
+    Image.open(camvid_root / "val" / "0016E5_07959.png").convert("RGB").resize((240, 180)).save(small)
+    name = "fcn32s_efficientnet_lite0.camvid"
+    predict_files([name], [str(small)], tmp_path / "o", crf=True, progress=False, log=lambda *a: None)
+    labels = np.asarray(Image.open(tmp_path / "o" / name / "small.png"))
+    image = np.asarray(Image.open(small))
+    probs = engine.predict_one(name, image, keep_probs=True).probs
+    assert np.array_equal(labels, dense_crf(probs, image, preset("camvid")).argmax(0))
+    assert not np.array_equal(labels, dense_crf(probs, image, CRFParams()).argmax(0))  # the preset made a difference

@@ -247,12 +247,15 @@ def export_card(view: CompareView | None) -> str:
 # ----------------------------------------------------------------------------- layout
 def crf_panel(gr) -> list:
     """The dense CRF checkbox and its parameters (disabled, with the reason, without pydensecrf)."""
-    from ..crf import AVAILABLE, INSTALL_HINT, CRFParams
+    from ..crf import AVAILABLE, INSTALL_HINT, preset
 
-    d = CRFParams()
+    d = preset("camvid")  # the model set the page opens with; choosing another one sets its own (crf_values)
     with gr.Accordion("Dense CRF (DeepLab v1/v2 post-processing)", open=False):
         if not AVAILABLE:
             gr.Markdown(f"Unavailable: {INSTALL_HINT}.")
+        else:
+            gr.Markdown("Parameters start at the chosen model set's: for CamVid, tuned on a drive the models never "
+                        "saw; otherwise pydensecrf's defaults.")
         use = gr.Checkbox(False, label="Apply the dense CRF to every model", interactive=AVAILABLE, elem_id="crf-on")
         return [use,
                 gr.Slider(1, 20, value=d.iterations, step=1, label="Iterations"),
@@ -262,6 +265,15 @@ def crf_panel(gr) -> list:
                 gr.Slider(1, 50, value=d.bilateral_srgb, step=1, label="Bilateral srgb"),
                 gr.Slider(0, 30, value=d.bilateral_compat, step=0.5, label="Bilateral compat"),
                 gr.Slider(0.25, 1, value=d.scale, step=0.05, label="Working scale (lower is faster)")]
+
+
+def crf_values(model_set: str) -> list[float]:
+    """The CRF sliders' values for a model set (iterations, Gaussian sxy and compat, bilateral sxy, srgb and
+    compat; the working scale stays as the user set it)."""
+    from ..crf import preset
+
+    p = preset(model_set)
+    return [p.iterations, p.gaussian_sxy, p.gaussian_compat, p.bilateral_sxy, p.bilateral_srgb, p.bilateral_compat]
 
 
 def build_tab(gr, user_error):
@@ -413,7 +425,7 @@ def build_tab(gr, user_error):
 
         def on_model_set(model_set):
             ready, waiting = model_choices(model_set)
-            return gr.CheckboxGroup(choices=ready, value=[n for _, n in ready]), waiting
+            return gr.CheckboxGroup(choices=ready, value=[n for _, n in ready]), waiting, *crf_values(model_set)
 
         def on_export(view):
             with user_error():
@@ -427,6 +439,7 @@ def build_tab(gr, user_error):
         alpha.release(on_restyle, [view, alpha], gallery, api_name="restyle")
         gallery.select(on_pick, view, probe, api_name=False)
         probe.select(on_probe, view, readout, api_name=False)
-        model_set.change(on_model_set, model_set, [names, unavailable], api_name="model_set")
+        set_outputs = [names, unavailable, *crf_controls[1:-1]]
+        model_set.change(on_model_set, model_set, set_outputs, api_name="model_set")
         export.click(on_export, view, card, api_name="export_card")
-    return on_model_set, model_set, [names, unavailable], (image, gt, model_set)
+    return on_model_set, model_set, set_outputs, (image, gt, model_set)
