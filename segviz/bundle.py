@@ -18,9 +18,7 @@ SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
 
 def val_subset(data=None) -> CamVid:
     ds = CamVid(data, "val")
-    keep = list(range(0, len(ds), SUBSET_STEP))
-    ds.pairs, ds.images, ds.targets = [ds.pairs[i] for i in keep], [ds.images[i] for i in keep], [ds.targets[i] for i in keep]
-    return ds
+    return ds.subset(range(0, len(ds), SUBSET_STEP))
 
 
 def heldout_scores(run_dir: str | os.PathLike) -> dict:

@@ -166,3 +166,13 @@ def test_download_offline_fails_fast_with_one_line(tmp_path):
     with pytest.raises(WeightsError) as e:
         download_camvid(tmp_path, "http://127.0.0.1:9/CamVid/", splits=("val",), progress=False)
     assert "offline" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_subset_holds_the_frames_asked_for_in_order_and_leaves_the_whole_as_it_was(camvid_root):
+    from segviz.data.camvid import CamVid
+
+    whole = CamVid(camvid_root, "val", limit=5)
+    part = whole.subset([3, 0])
+    assert [p[0].name for p in part.pairs] == [whole.pairs[3][0].name, whole.pairs[0][0].name]
+    assert part[0][0] is whole[3][0] and part[1][1] is whole[0][1] and len(part) == 2
+    assert len(whole) == 5 and part.split == whole.split and part.labels is whole.labels

@@ -141,27 +141,22 @@ def test_a_crf_worker_that_dies_is_replaced(camvid_root):
     assert set(c.refined) == set(names) and engine._crf_pool() is not pool
 
 
-def _frames(camvid_root, split, indices):
-    from segviz.data.camvid import CamVid
-
-    ds = CamVid(camvid_root, split)
-    ds.pairs, ds.images, ds.targets = [ds.pairs[i] for i in indices], [ds.images[i] for i in indices], [ds.targets[i] for i in indices]
-    return ds
-
-
 def test_crf_study_scores_what_evaluate_scores_and_tunes_on_the_first_half_only(camvid_root):
     from segviz.crf import AVAILABLE
+    from segviz.data.camvid import CamVid
     from segviz.evaluate import crf_study, evaluate
     from segviz.inference import load_model
 
     if not AVAILABLE:
         pytest.skip("pydensecrf is not installed")
     model = load_model("fcn8s_efficientnet_lite0.camvid")
-    four = _frames(camvid_root, "seq:0006R0", range(0, 40, 10))
+    drive = CamVid(camvid_root, "seq:0006R0", limit=31)
+    four = drive.subset(range(0, 31, 10))
     only_default = crf_study(model, four, tune_every=1, progress=False, grid={"bilateral_sxy": (80.0,)})
     assert only_default["images"] == 4 and only_default["tuned_on"] == "every frame of frames 0-1"
     assert only_default["miou"] == round(evaluate(model, four, progress=False)["miou"], 2)
-    assert only_default["second_half_miou"] == round(evaluate(model, _frames(camvid_root, "seq:0006R0", [20, 30]), progress=False)["miou"], 2)
+    second_half = round(evaluate(model, drive.subset([20, 30]), progress=False)["miou"], 2)
+    assert only_default["second_half_miou"] == second_half
     # a grid holding only pydensecrf's defaults tunes to them: the tuned score is the default score
     assert only_default["tuned_params"] == CRFParams().as_dict()
     assert only_default["second_half_miou_crf_tuned"] == only_default["second_half_miou_crf_default"]

@@ -108,6 +108,14 @@ class CamVid:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def subset(self, indices) -> "CamVid":
+        """A copy holding only the frames at ``indices`` (in that order), without reading files again."""
+        import copy
+
+        part = copy.copy(self)
+        part.pairs, part.images, part.targets = ([items[i] for i in indices] for items in (self.pairs, self.images, self.targets))
+        return part
+
     def sequences(self) -> dict[str, int]:
         """Frames per video sequence."""
         from collections import Counter
