@@ -305,3 +305,35 @@ def test_report_runs_compares_with_a_first_run_written_before_a_recipe_field_exi
     _finished_run(tmp_path / "new", Recipe(model=MODEL, epochs=2, ema=0.995, **held), [31.0], {"Sky": 81.0}, 81.0)
     assert main(["report", "--runs", str(old), str(tmp_path / "new")]) == 0
     assert "| ema 0.995 |" in capsys.readouterr().out.splitlines()[3]
+
+
+def test_the_layout_probe_takes_turns_and_keeps_each_layouts_fastest_step():
+    """A burst of other work during one layout's first timed step must not decide the layout: here
+    channels_last is the faster (1 s against 2 s a step) but its first timed step took 6 s."""
+    from torch import nn
+
+    from segviz.train import faster_memory_format
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return {"out": self.conv(x)}
+
+    def scripted(durations):  # a clock read twice per step, advancing by that step's duration
+        now, reads = [0.0], iter(d for pair in ((0.0, d) for d in durations) for d in pair)
+
+        def clock():
+            now[0] += next(reads)
+            return now[0]
+        return clock
+
+    x, y = torch.rand(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)
+    # call order: warm-up contiguous, warm-up channels_last, then (contiguous, channels_last) per round
+    burst = [9.0, 9.0, 2.0, 6.0, 2.0, 1.0, 2.0, 1.0]
+    assert faster_memory_format(Net(), x, y, clock=scripted(burst)) == torch.channels_last
+    assert faster_memory_format(Net(), x, y, rounds=1, clock=scripted(burst[:4])) == torch.contiguous_format
+    steady = [9.0, 9.0, 1.5, 2.5, 1.6, 2.4, 1.4, 2.6]
+    assert faster_memory_format(Net(), x, y, clock=scripted(steady)) == torch.contiguous_format
