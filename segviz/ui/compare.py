@@ -245,11 +245,12 @@ def export_card(view: CompareView | None) -> str:
 
 
 # ----------------------------------------------------------------------------- layout
-def crf_panel(gr) -> list:
-    """The dense CRF checkbox and its parameters (disabled, with the reason, without pydensecrf)."""
+def crf_panel(gr, model_set: str) -> list:
+    """The dense CRF checkbox and its parameters at ``model_set``'s preset (the set the page opens with; choosing
+    another one sets its own, :func:`crf_values`); disabled, with the reason, without pydensecrf."""
     from ..crf import AVAILABLE, INSTALL_HINT, preset
 
-    d = preset("camvid")  # the model set the page opens with; choosing another one sets its own (crf_values)
+    d = preset(model_set)
     with gr.Accordion("Dense CRF (DeepLab v1/v2 post-processing)", open=False):
         if not AVAILABLE:
             gr.Markdown(f"Unavailable: {INSTALL_HINT}.")
@@ -304,7 +305,7 @@ def build_tab(gr, user_error):
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
                 gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel; scored on upload)",
                              file_types=[".png"], type="filepath", elem_id="ground-truth")
-                crf_controls = crf_panel(gr)
+                crf_controls = crf_panel(gr, model_set.value)
             with gr.Column(scale=2):
                 notes = gr.Markdown(elem_id="notes")
                 # Four columns, 620 px high: twelve 360x480 overlays fit a 1440x1000 window without an inner scroll
