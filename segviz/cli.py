@@ -260,11 +260,9 @@ def cmd_review(args) -> int:
         source = review.camvid_source(args.data, args.split, args.limit)
     crf = None
     if args.crf:
-        from .crf import AVAILABLE, INSTALL_HINT, preset
+        from .crf import usable_preset
 
-        if not AVAILABLE:
-            raise ValueError(INSTALL_HINT)
-        crf = preset(args.set)
+        crf = usable_preset(args.set)
     names = "all" if args.models == "all" else [n for n in args.models.split(",") if n]
     bars = []
 

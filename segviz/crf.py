@@ -64,6 +64,13 @@ def preset(dataset: str) -> CRFParams:
     return PRESETS.get(dataset, CRFParams())
 
 
+def usable_preset(dataset: str) -> CRFParams:
+    """:func:`preset`, for work about to run the CRF: a one-line error saying how to install pydensecrf first."""
+    if not AVAILABLE:
+        raise CRFError(INSTALL_HINT)
+    return preset(dataset)
+
+
 def _check_inputs(probs, image) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(probs, np.ndarray) or probs.ndim != 3:
         raise CRFError(f"probabilities must be a (C, H, W) array, got {getattr(probs, 'shape', type(probs))}")

@@ -32,11 +32,9 @@ def predict_files(names: list[str], images: list[str], out: str | os.PathLike, c
     chosen = resolve(names)  # unknown names, mixed label sets and missing weights fail before any work
     crf_params = None
     if crf:
-        from .crf import AVAILABLE, INSTALL_HINT, preset
+        from .crf import usable_preset
 
-        if not AVAILABLE:
-            raise ValueError(INSTALL_HINT)
-        crf_params = preset(chosen[0].dataset.name)
+        crf_params = usable_preset(chosen[0].dataset.name)
     stems: dict[str, str] = {}
     for path in images:  # outputs are named by stem: two images with one stem would overwrite each other
         other = stems.setdefault(Path(path).stem, str(path))

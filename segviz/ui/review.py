@@ -106,11 +106,9 @@ def open_review(q: Query, progress=None, cancelled=None) -> review.Review:
     """Run (or read back) the review ``q`` asks for; the caller closes ``result.store``."""
     crf = None
     if q.crf:
-        from ..crf import AVAILABLE, INSTALL_HINT, preset
+        from ..crf import usable_preset
 
-        if not AVAILABLE:
-            raise ValueError(INSTALL_HINT)
-        crf = preset(q.dataset)
+        crf = usable_preset(q.dataset)
     store = review.Store()
     try:
         return review.run(q.source(), list(q.models), store, crf, progress, cancelled)
