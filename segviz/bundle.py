@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
     return {"split": recipe["val_split"], "miou": round(recipe["best"]["miou"], 2), "epoch": recipe["best"]["epoch"],
             "last_miou": scored[-1]["val_miou"], "last_epoch": scored[-1]["epoch"],
             "per_class_iou": recipe["best"]["per_class_iou"],
+            **{k: round(recipe["best"][k], 2) for k in ("pixel_acc", "class_acc") if k in recipe["best"]},
             # what else measured these weights (the CRF study, assets/crf.json) names them by this
             "weights_sha256": sha256_file(best) if (best := run_dir / "best.safetensors").exists() else None,
             "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
@@ -124,6 +126,8 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
             "subset": {"images": [p[0].name for p in subset.pairs], "miou": round(sub["miou"], 3)},
             "recipe": {k: v for k, v in recipe.items() if k != "best"},
             "best_epoch": recipe["best"]["epoch"], "train_seconds": round(sum(r["seconds"] for r in log)),
+            # the wall clock above counts the time a run spent paused or sharing the CPU; the median epoch does not
+            "epoch_seconds_median": round(statistics.median(r["seconds"] for r in log), 1),
             "train_device": "cpu (2 cores)",
         }
         if heldout is not None:

@@ -208,6 +208,7 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path, 
     manifest.parent.mkdir()
     entry = bundle(MODEL, run, data=camvid_root, manifest=manifest, heldout=held)
     assert entry["train_split"] == "noseq:0006R0" and entry["heldout"] == held and entry["val_trained_on"]
+    assert entry["epoch_seconds_median"] == round((log[0]["seconds"] + log[1]["seconds"]) / 2, 1)
     assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]["sha256"] == sha256_file(
         manifest.parent / entry["file"])
     # Bundling again, interrupted while it evaluates the new file: the bundled file and its entry stay a pair.
