@@ -444,6 +444,7 @@ def _browser_page(url):
 
 
 @pytest.mark.browser
+@pytest.mark.slow  # every model twice in a real browser: the longest test of the default run, so CI's second pass
 @needs_weights
 def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_path):
     with _browser_page(server) as page:

@@ -142,7 +142,9 @@ def test_exportable_unpool_equals_torchs():
         assert torch.equal(traced(x), torch.nn.functional.max_unpool2d(y, idx, 2, 2, output_size=size))
 
 
-@pytest.mark.parametrize("name", ["pspnet_efficientnet_lite0", "segnet_efficientnet_lite0"])
+# PSPNet's adaptive pooling also has its own exporter test in the default run
+@pytest.mark.parametrize("name", [pytest.param("pspnet_efficientnet_lite0", marks=pytest.mark.slow),
+                                  "segnet_efficientnet_lite0"])
 def test_every_backend_computes_torchs_logits(name, tmp_path, monkeypatch):
     """Export (ONNX, OpenVINO) must not change what the model computes, at more than one size; a model
     without a cache key is converted in memory and leaves no model file in the temporary directory."""

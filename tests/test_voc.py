@@ -52,7 +52,8 @@ def _images():
 
 
 @needs_coral
-@pytest.mark.parametrize("file", ["deeplabv3_mnv2_pascal_quant.tflite", "deeplabv3_mnv2_dm05_pascal_quant.tflite"])
+@pytest.mark.parametrize("file", [pytest.param("deeplabv3_mnv2_pascal_quant.tflite", marks=pytest.mark.slow),
+                                  "deeplabv3_mnv2_dm05_pascal_quant.tflite"])  # the same port; the full width is slower
 def test_port_agrees_with_the_tflite_interpreter(file):
     """Our port is a third implementation of the int8 graph beside TFLite's default (XNNPACK)
     kernels and its reference kernels. Where two of TFLite's own kernel sets disagree on a share d
