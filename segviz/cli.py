@@ -301,12 +301,16 @@ def cmd_review(args) -> int:
         return 0
     print(f"{source.title}: {data['images']} images, {len(data['skipped'])} skipped, {data['computed_rows']} "
           f"predictions computed (the rest from {store.path})")
-    print(f"{'model':40} {'mIoU':>6} {'pix acc':>7} {'BF':>6}" + (f" {'CRF mIoU':>8} {'CRF BF':>6}" if crf else ""))
+    print(f"{'model':40} {'mIoU':>6} {'pix acc':>7} {'BF':>6}" + (f" {'CRF mIoU':>8} {'CRF BF':>6}" if crf else "")
+          + f" {'trained on':>10}")
     for m in data["models"]:
         line = f"{m['name']:40} {m['miou']:6.2f} {m['pixel_acc']:7.2f} {m['boundary_f'] or float('nan'):6.2f}"
         if crf:
             line += f" {m['crf']['miou']:8.2f} {m['crf']['boundary_f'] or float('nan'):6.2f}"
-        print(line)
+        trained = m["trained_on_images"]
+        print(line + f" {'?' if trained is None else trained:>10}")
+    if note := review.trained_on_note(data):
+        print(f"note: {note}")
     return 0
 
 
@@ -534,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", action="append", required=True,
                     help="a trained model (repeat for several): fcn8s_efficientnet_lite0.camvid, deeplabv3_mnv2.voc, ...")
     pr.add_argument("--out", required=True, help="writes OUT/<model>/<image stem>.png and <stem>_overlay.png")
-    pr.add_argument("--crf", action="store_true", help="refine with the dense CRF (default parameters)")
+    pr.add_argument("--crf", action="store_true", help="refine with the dense CRF (the model set's preset, segviz.crf.PRESETS)")
     pr.add_argument("--opacity", type=_float_in(0, 1), default=0.6, help="mask opacity of the overlays")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
@@ -568,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--labels", default=None, help="... and one of label PNGs with the same file stems")
     rv.add_argument("--models", default="all", help="all (every model of the set here) or NAME,NAME")
     rv.add_argument("--db", default=None, help="the database (default: ~/.cache/segviz/review.sqlite)")
-    rv.add_argument("--crf", action="store_true", help="also score every model after the dense CRF (default parameters)")
+    rv.add_argument("--crf", action="store_true", help="also score every model after the dense CRF (the model set's preset)")
     rv.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
     rv.add_argument("--backend", default=None, choices=["auto", "torch", "torch-channels-last", "openvino", "onnxruntime"],
                     help="run the models on this backend, or with auto on the one the app chooses per model "

@@ -56,6 +56,8 @@ class Source:
     title: str  # e.g. "camvid val", "folder photos"
     items: list[Item]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why), found while listing
+    root: Path | None = None  # the CamVid folder whose split lists say which frames a model trained on
+
 
     @property
     def labels(self):
@@ -66,8 +68,9 @@ def camvid_source(data=None, split: str = "val", limit: int | None = None) -> So
     """A CamVid split (see :mod:`segviz.data.camvid`)."""
     from .data.camvid import default_root, resolve_split
 
-    pairs = resolve_split(default_root(data), split)[:limit]
-    return Source("camvid", f"camvid {split}", [Item(i.name, i, t) for i, t in pairs])
+    root = default_root(data)
+    pairs = resolve_split(root, split)[:limit]
+    return Source("camvid", f"camvid {split}", [Item(i.name, i, t) for i, t in pairs], root=root)
 
 
 def voc_source(data, split: str = "val", limit: int | None = None) -> Source:
@@ -106,7 +109,29 @@ def folder_source(images, labels, dataset: str = "camvid", limit: int | None = N
     skipped += [(labs[s].name, "a label without an image of the same stem") for s in sorted(labs) if s not in imgs]
     if not items:
         raise ValueError(f"no image in {images} has a label of the same stem in {labels}")
-    return Source(dataset, f"folder {Path(images).name}", items, skipped)
+    root = None
+    if dataset == "camvid":  # CamVid's file names name their frames: compare them with the training frames'
+        from .data.camvid import default_root
+
+        try:
+            root = default_root()
+        except FileNotFoundError:
+            pass
+    return Source(dataset, f"folder {Path(images).name}", items, skipped, root)
+
+
+def training_frames(record, root: Path | None) -> frozenset[str] | None:
+    """The file names of the frames ``record`` was trained on: for a model trained here on CamVid, its
+    recipe's train split as the CamVid folder ``root`` lists it; None where that is not known."""
+    split = record.metrics.get("train_split") if record.trained_here else None
+    if split is None or root is None or record.dataset.name != "camvid":
+        return None
+    from .data.camvid import resolve_split
+
+    try:
+        return frozenset(image.name for image, _ in resolve_split(root, split))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 
@@ -311,6 +336,7 @@ class Review:
     computed: int = 0  # rows computed by this run (the rest came from the database)
     store: Store | None = None
     backends: dict = field(default_factory=dict)  # model -> what ran it (resolve_backends; None: eval's module)
+    trained_on: dict = field(default_factory=dict)  # model -> how many reviewed images it trained on (None: unknown)
 
     def settings(self, with_crf: bool, model: str) -> str:
         return settings_key(self.crf if with_crf else None, self.backends.get(model))
@@ -432,6 +458,9 @@ def collect(review: Review) -> Review:
            for r in review.models for v in review.variants()}
     review.items = [e for e in review.items if all(e[1:] in rows for rows in got.values())]
     review.per_image = {key: [rows[e[1:]] for e in review.items] for key, rows in got.items()}
+    for r in review.models:
+        frames = training_frames(r, review.source.root)
+        review.trained_on[r.name] = None if frames is None else sum(e[0].name in frames for e in review.items)
     return review
 
 
@@ -510,7 +539,8 @@ def to_json(review: Review) -> dict:
     models = []
     for r in review.models:
         entry = {"name": r.name, "title": r.title, "weights_sha256": r.sha256,
-                 "runner": review.backends.get(r.name) or PREPROCESSING["runner"], **summary(review, r, False)}
+                 "runner": review.backends.get(r.name) or PREPROCESSING["runner"],
+                 "trained_on_images": review.trained_on.get(r.name), **summary(review, r, False)}
         if review.crf is not None:
             entry["crf"] = summary(review, r, True)
         models.append(entry)
@@ -521,13 +551,26 @@ def to_json(review: Review) -> dict:
 
 
 def leaderboard(data: dict) -> tuple[list[str], list[list]]:
-    """Header and rows (best mIoU first) from :func:`to_json`: mIoU, accuracies, boundary F (and after the CRF)."""
+    """Header and rows (best mIoU first) from :func:`to_json`: mIoU, accuracies, boundary F (and after the CRF),
+    and how many of the images the model trained on (blank where unknown)."""
     crf = data["crf"] is not None
-    header = ["model", "mIoU", "pixel acc", "class acc", "BF"] + (["mIoU + CRF", "BF + CRF"] if crf else [])
+    header = ["model", "mIoU", "pixel acc", "class acc", "BF"] + (["mIoU + CRF", "BF + CRF"] if crf else []) + [
+        "images trained on"]
     rows = [[m["name"], *(None if v is None or np.isnan(v) else round(v, 2) for v in
                           [m["miou"], m["pixel_acc"], m["class_acc"], m["boundary_f"]] +
-                          ([m["crf"]["miou"], m["crf"]["boundary_f"]] if crf else []))] for m in data["models"]]
+                          ([m["crf"]["miou"], m["crf"]["boundary_f"]] if crf else [])),
+             m["trained_on_images"]] for m in data["models"]]
     return header, sorted(rows, key=lambda r: -(r[1] or 0))
+
+
+def trained_on_note(data: dict) -> str | None:
+    """One line naming the models that trained on some of the reviewed images (their scores there overstate
+    what they do on frames they never saw), or None."""
+    seen = [(m["name"], m["trained_on_images"]) for m in data["models"] if m["trained_on_images"]]
+    if not seen:
+        return None
+    return ("models trained on some of these images score higher here than on frames they never saw: "
+            + ", ".join(f"{name} ({n} of {data['images']})" for name, n in seen))
 
 
 def class_table(data: dict) -> tuple[list[str], list[list]]:

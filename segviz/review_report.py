@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from . import viz
-from .review import Review, class_table, frame_views, leaderboard, rank, to_json, trimap_curves
+from .review import Review, class_table, frame_views, leaderboard, rank, to_json, trained_on_note, trimap_curves
 
 THUMB_WIDTH = 240
 GALLERY_FRAMES = 6
@@ -66,6 +66,10 @@ def _table(header: list[str], rows: list[list], sortable: bool = True) -> str:
     return f'<table class="{"sortable" if sortable else ""}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _crf_settings(params: dict) -> str:
+    return html.escape(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in params.items()))
+
+
 def render(review: Review) -> str:
     """The report's HTML."""
     data = to_json(review)
@@ -74,10 +78,13 @@ def render(review: Review) -> str:
     parts = [f"<h1>segviz review: {html.escape(review.source.title)}</h1>",
              f'<p class="note">{data["images"]} images, {len(data["skipped"])} skipped; label set '
              f'{html.escape(labelset.name)}; images up to 1024 px on the longer side; scores summed over the images as '
-             f'<code>segviz eval</code> does{"; CRF: pydensecrf defaults" if crf else ""}. '
+             f'<code>segviz eval</code> does{"; CRF: " + _crf_settings(data["crf"]) if crf else ""}. '
              f'BF: boundary F-score (tolerance 0.75% of the image diagonal).</p>']
     models = sorted(data["models"], key=lambda m: -m["miou"])
-    parts += ["<h2>Leaderboard</h2>", _table(*leaderboard(data)), "<h2>Per-class IoU</h2>", _table(*class_table(data))]
+    parts += ["<h2>Leaderboard</h2>", _table(*leaderboard(data))]
+    if note := trained_on_note(data):
+        parts.append(f'<p class="note">Note: {html.escape(note)}.</p>')
+    parts += ["<h2>Per-class IoU</h2>", _table(*class_table(data))]
     bands, curves = trimap_curves(data)
     parts += ["<h2>Near boundaries (trimap)</h2>",
               f'<img alt="trimap curves" src="{_figure_uri(viz.trimap_figure(bands, curves))}">',

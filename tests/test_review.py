@@ -49,6 +49,53 @@ def _cli(capsys, args):
     return code, captured.out, captured.err
 
 
+def test_each_models_training_frames_are_its_recipes_split(camvid_root):
+    from segviz import records
+
+    train = {p.name for p in (camvid_root / "train").iterdir()}
+    val = {p.name for p in (camvid_root / "val").iterdir()}
+    for r in records.all_records():
+        frames = review.training_frames(r, camvid_root)
+        if not r.trained_here:  # the VOC models' training frames are not on this machine
+            assert frames is None
+            continue
+        kind, _, seq = r.metrics["train_split"].partition(":")
+        if kind in ("seq", "noseq"):
+            expected = {n for n in train | val if (n.split("_")[0] == seq) == (kind == "seq")}
+        else:
+            expected = {"train": train, "trainval": train | val}[kind]
+        assert frames == expected, r.name
+    assert review.training_frames(records.get(FCN8S), None) is None  # no CamVid folder: not known
+
+
+def test_the_review_says_which_models_trained_on_the_images(reviewed, camvid_root, capsys, tmp_path):
+    from segviz import records
+
+    _, _, _, resumed = reviewed  # two val frames
+    names = {e[0].name for e in resumed.items}
+    trained = len(names & review.training_frames(records.get(FCN8S), camvid_root))
+    data = review.to_json(resumed)
+    assert data["models"][0]["trained_on_images"] == trained
+    header, rows = review.leaderboard(data)
+    assert header[-1] == "images trained on" and rows[0][-1] == trained
+    # The first training frame: the text output counts it and says what that means, in one line.
+    code, out, _ = _cli(capsys, ["review", "--data", str(camvid_root), "--split", "train", "--limit", "1",
+                                 "--models", FCN8S, "--db", str(tmp_path / "r.sqlite")])
+    row = next(line for line in out.splitlines() if line.startswith(FCN8S))
+    assert code == 0 and row.split()[-1] == "1"
+    assert [line for line in out.splitlines() if line.startswith("note: ")] == [
+        f"note: models trained on some of these images score higher here than on frames they never saw: {FCN8S} "
+        "(1 of 1)"]
+    from segviz.ui.review import summary_line
+
+    assert ("Note:" in summary_line(data)) == bool(trained)
+    data["models"][0]["trained_on_images"] = 2
+    assert summary_line(data).endswith(f"**Note:** {review.trained_on_note(data)}.") and f"{FCN8S} (2 of 2)" in \
+        summary_line(data)
+    assert review.trained_on_note({"images": 3, "models": [{"name": "a", "trained_on_images": 0},
+                                                           {"name": "b", "trained_on_images": None}]}) is None
+
+
 def test_an_interrupted_run_resumes_and_a_rerun_computes_nothing(reviewed, capsys):
     db, args, _, resumed = reviewed
     assert resumed.computed == len(resumed.variants()) and len(resumed.items) == 2  # the second frame's rows

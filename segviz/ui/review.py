@@ -119,9 +119,10 @@ def open_review(q: Query, progress=None, cancelled=None) -> review.Review:
 
 def summary_line(data: dict) -> str:
     skipped = "".join(f"\n- skipped {s['file']}: {s['reason']}" for s in data["skipped"])
+    note = review.trained_on_note(data)
     return (f"**{data['images']} images** of {data['source']}, {len(data['models'])} models"
             f"{' with and without the dense CRF' if data['crf'] else ''}; {data['computed_rows']} predictions "
-            f"computed, the rest read from the database.{skipped}")
+            f"computed, the rest read from the database.{skipped}" + (f"\n\n**Note:** {note}." if note else ""))
 
 
 def overview(q: Query, progress=None, cancelled=None) -> dict:
@@ -213,7 +214,7 @@ def build_tab(gr, user_error, tabs, compare_inputs):
                 names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Models", elem_id="review-models")
                 limit = gr.Number(0, precision=0, minimum=0, label="Only the first N images (0: all)",
                                   elem_id="review-limit")
-                use_crf = gr.Checkbox(False, label="Also with the dense CRF (default parameters)", elem_id="review-crf")
+                use_crf = gr.Checkbox(False, label="Also with the dense CRF (the model set's preset)", elem_id="review-crf")
                 with gr.Row():
                     run = gr.Button("Review", variant="primary", elem_id="review-run")
                     cancel = gr.Button("Cancel", elem_id="review-cancel")
