@@ -186,6 +186,34 @@ def test_bad_masks_and_selections(frame, tmp_path):
         run_compare(image, [READY[0], "deeplabv3_mnv2.voc"], 0.5)
 
 
+def test_examples_are_test_frames_when_there_are_and_name_the_models_that_trained_on_them(camvid_root, tmp_path,
+                                                                                           monkeypatch):
+    import shutil
+
+    from segviz.ui.compare import example_images, examples_label
+
+    monkeypatch.setenv("SEGVIZ_DATA", str(camvid_root))
+    val = example_images()
+    assert len(val) == 6 and {Path(p).parent for p in val} == {camvid_root / "val"}
+    # The manifest's own flag (set when the weights were bundled) says which models trained on val's frames.
+    trained = [r.short for r in records.records("camvid") if r.metrics.get("val_trained_on")]
+    assert examples_label(val) == "CamVid val frames" + (f" (trained on by {', '.join(trained)})" if trained else "")
+    for folder in ("test", "testannot"):
+        (tmp_path / folder).mkdir()
+    lines = []
+    for i, (image, label) in enumerate(zip(sorted((camvid_root / "val").iterdir())[:2],
+                                           sorted((camvid_root / "valannot").iterdir())[:2])):
+        shutil.copy(image, tmp_path / "test" / f"Seq05VD_f{i:05d}.png")
+        shutil.copy(label, tmp_path / "testannot" / f"Seq05VD_f{i:05d}.png")
+        lines.append(f"test/Seq05VD_f{i:05d}.png testannot/Seq05VD_f{i:05d}.png")
+    (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
+    shutil.copy(camvid_root / "train.txt", tmp_path / "train.txt")
+    monkeypatch.setenv("SEGVIZ_DATA", str(tmp_path))
+    test = example_images()
+    assert [Path(p).name for p in test] == ["Seq05VD_f00000.png", "Seq05VD_f00001.png"]
+    assert examples_label(test) == "CamVid test frames"
+
+
 def test_models_tab_lists_every_record_and_every_untrained_architecture():
     from segviz.registry import list_models
     from segviz.ui.models import HEADERS, model_rows, models_html

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -51,15 +52,29 @@ class Stopwatch:
 
 
 def example_images(limit: int = 6) -> list[str]:
-    """CamVid val frames from the shared data folder, when present."""
+    """Frames of CamVid's test split when the data folder has it (no model here trains on it), else of val."""
     from ..data.camvid import default_root, read_split
 
-    try:
-        pairs = read_split(default_root(), "val")
-    except FileNotFoundError:
-        return []
-    step = max(1, len(pairs) // limit)
-    return [str(img) for img, _ in pairs[::step][:limit]]
+    for split in ("test", "val"):
+        try:
+            pairs = read_split(default_root(), split)
+        except FileNotFoundError:
+            continue
+        step = max(1, len(pairs) // limit)
+        return [str(img) for img, _ in pairs[::step][:limit]]
+    return []
+
+
+def examples_label(paths: list[str]) -> str:
+    """'CamVid <split> frames', and which CamVid models trained on some of them (they look better there
+    than on a new frame)."""
+    from ..data.camvid import default_root
+    from ..review import training_frames
+
+    root, names = default_root(), {Path(p).name for p in paths}
+    trained = [r.short for r in records.records("camvid") if names & (training_frames(r, root) or set())]
+    label = f"CamVid {Path(paths[0]).parent.name} frames"
+    return label + (f" (trained on by {', '.join(trained)})" if trained else "")
 
 
 def model_choices(dataset: str) -> tuple[list[tuple[str, str]], str]:
@@ -293,7 +308,7 @@ def build_tab(gr, user_error):
                 image = upload_image(gr, label="Image", elem_id="input-image")
                 examples = example_images()
                 if examples:
-                    gr.Examples(examples, inputs=image, label="CamVid val frames")
+                    gr.Examples(examples, inputs=image, label=examples_label(examples))
                 model_set = gr.Radio(dataset_choices(), value="camvid", label="Model set (label set)",
                                      elem_id="model-set")
                 names = gr.CheckboxGroup(every, value=[n for _, n in ready], label="Architectures",
