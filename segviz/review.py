@@ -58,7 +58,6 @@ class Source:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why), found while listing
     root: Path | None = None  # the CamVid folder whose split lists say which frames a model trained on
 
-
     @property
     def labels(self):
         return records.datasets()[self.dataset].labels
