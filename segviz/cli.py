@@ -230,13 +230,14 @@ def cmd_eval(args) -> int:
 
     model = load_model(args.model, weights=args.weights, device=args.device)
     data = CamVid(args.data, args.split, limit=args.limit)
-    result = evaluate(model, data, next(model.parameters()).device, progress=not args.json)
+    result = evaluate(model, data, next(model.parameters()).device, progress=not args.json, tta=args.tta)
     result.update(model=args.model, split=args.split, sequences=data.sequences())
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     seqs = ", ".join(f"{k} {v}" for k, v in result["sequences"].items())
-    print(f"{args.model} on CamVid {args.split} ({result['images']} images: {seqs}; full resolution)")
+    how = "; scales 0.75, 1, 1.25 and mirrored, averaged" if args.tta else ""
+    print(f"{args.model} on CamVid {args.split} ({result['images']} images: {seqs}; full resolution{how})")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
     print(f"  mIoU {result['miou']:.2f}  pixel acc {result['pixel_acc']:.2f}  class acc {result['class_acc']:.2f}")
@@ -558,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val, train, trainval, seq:SEQ (a held-out sequence, e.g. seq:0006R0) or noseq:SEQ")
     e.add_argument("--weights", default=None, help="a .safetensors file (default: the bundled weights)")
     e.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
+    e.add_argument("--tta", action="store_true",
+                   help="average the predictions at scales 0.75, 1, 1.25 and their mirror images (DeepLab v3's "
+                        "multi-scale + flip inference; 6 forwards per image)")
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

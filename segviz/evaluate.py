@@ -70,16 +70,46 @@ def logits_of(model, x: torch.Tensor, device="cpu") -> torch.Tensor:
         return model(x.contiguous(memory_format=layout(model)))["out"].float()
 
 
-def evaluate(model, dataset, device="cpu", progress: bool = True) -> dict:
-    """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (full resolution)."""
+# DeepLab v3's test-time inputs (its "MS + Flip"): the image at several scales and mirrored, the class
+# probabilities averaged at full resolution.
+TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+@torch.inference_mode()
+def predict_probs_tta(model, image: np.ndarray, scales=TTA_SCALES, flip: bool = True, device="cpu") -> torch.Tensor:
+    """Class probabilities (1, C, H, W) of one RGB image: the mean of the softmax over the image rescaled
+    by each of ``scales`` (bilinear) and, with ``flip``, mirrored left-right too, each brought back to
+    the image's size (and unmirrored) before averaging."""
+    import torch.nn.functional as F
+
+    x = model.normalize(to_tensor(image, device))
+    size = x.shape[-2:]
+    total = None
+    for scale in scales:
+        xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                                                recompute_scale_factor=False)
+        for mirrored in (False, True) if flip else (False,):
+            out = logits_of(model, xs.flip(-1) if mirrored else xs, device)
+            out = out.flip(-1) if mirrored else out
+            if out.shape[-2:] != size:
+                out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+            total = out.softmax(1) if total is None else total.add_(out.softmax(1))
+    return total / (len(scales) * (2 if flip else 1))
+
+
+def evaluate(model, dataset, device="cpu", progress: bool = True, tta: bool = False) -> dict:
+    """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (full resolution); with ``tta``, of
+    the predictions averaged over :data:`TTA_SCALES` and their mirror images."""
     model.eval()
     n = dataset.labels.num_classes
     cm = np.zeros((n, n), np.int64)
     for image, target in tqdm(dataset, desc="eval", disable=not progress, leave=False):
-        pred = labels_of(predict_logits(model, image, device))
-        cm += confusion_matrix(pred, target, n)
+        out = predict_probs_tta(model, image, device=device) if tta else predict_logits(model, image, device)
+        cm += confusion_matrix(labels_of(out), target, n)
     result = scores(cm, dataset.labels.classes)
     result["images"] = len(dataset)
+    if tta:
+        result["tta"] = {"scales": list(TTA_SCALES), "flip": True}
     return result
 
 

@@ -70,3 +70,21 @@ def test_aligned_port_puts_every_output_pixel_over_its_input_pixel():
     assert all(axis.jump == 1.0 and axis.start == 0 for axis in trace(exact, (513, 513))[1]["out"])
     off = trace(exact, (360, 480))[1]["out"]
     assert any(abs(axis.start) > 5 or axis.jump != pytest.approx(1.0) for axis in off)
+
+
+def test_multi_scale_and_flip_averaging_is_mirror_symmetric_and_reduces_to_one_forward(camvid_root):
+    """`eval --tta`: the mirror image's averaged probabilities are the mirror of the image's (each
+    forward's output is flipped back), and with one scale and no flip it is the plain forward."""
+    import torch
+
+    from segviz.evaluate import predict_probs_tta
+
+    model = load_model("fcn8s_efficientnet_lite0.camvid")
+    image = np.asarray(Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).resize((240, 176)))
+    plain = predict_logits(model, image).softmax(1)
+    assert torch.allclose(predict_probs_tta(model, image, scales=(1.0,), flip=False), plain, atol=1e-6)
+    probs = predict_probs_tta(model, image)
+    mirrored = predict_probs_tta(model, np.ascontiguousarray(image[:, ::-1]))
+    assert probs.shape == plain.shape and torch.allclose(probs.sum(1), torch.ones(1, *image.shape[:2]), atol=1e-5)
+    assert torch.allclose(mirrored.flip(-1), probs, atol=1e-5)
+    assert not torch.allclose(probs, plain, atol=1e-3)  # the other scales and the mirror image did count

@@ -263,3 +263,19 @@ def test_every_number_is_range_checked_in_one_line(capsys, argv, message):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_eval_tta_scores_the_averaged_predictions(capsys, camvid_root):
+    from segviz.data.camvid import CamVid
+    from segviz.evaluate import labels_of, predict_probs_tta
+    from segviz.inference import load_model
+    from segviz.metrics import confusion_matrix, scores
+
+    code, out, _ = run(capsys, "eval", "--model", "fcn8s_efficientnet_lite0.camvid", "--data", str(camvid_root),
+                       "--split", "seq:0006R0", "--limit", "1", "--tta", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
+    image, target = CamVid(camvid_root, "seq:0006R0", limit=1)[0]
+    probs = predict_probs_tta(load_model("fcn8s_efficientnet_lite0.camvid"), image)
+    want = scores(confusion_matrix(labels_of(probs), target, 11), CamVid(camvid_root, "val").labels.classes)
+    assert result["miou"] == want["miou"] and result["per_class_iou"] == want["per_class_iou"]
