@@ -485,6 +485,13 @@ def cmd_report(args) -> int:
             print(f"| {r['model']} | {r['miou']:.2f} | {r['miou_crf_default']:.2f} | {r['second_half_miou']:.2f} "
                   f"| {r['second_half_miou_crf_default']:.2f} | {r['second_half_miou_crf_tuned']:.2f} | "
                   f"{t['bilateral_sxy']:g}, {t['bilateral_srgb']:g}, {t['bilateral_compat']:g} | {preset} |")
+    tta_file = PROJECT_ROOT / "assets" / "tta.json"  # `eval --tta` of each architecture's held-out run
+    if tta_file.exists():
+        rows = json.loads(tta_file.read_text())
+        print(f"\n| model | {'/'.join(sorted({r['split'] for r in rows}))} mIoU | + multi-scale and flip | gain |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |")
     return 0
 
 

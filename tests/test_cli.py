@@ -159,6 +159,13 @@ def test_report_prints_the_bundled_models(capsys):
         assert row.endswith(f"| {r['second_half_miou_crf_tuned']:.2f} | {r['tuned_params']['bilateral_sxy']:g}, "
                             f"{r['tuned_params']['bilateral_srgb']:g}, {r['tuned_params']['bilateral_compat']:g} | "
                             f"{p['second_half_miou_crf_tuned']:.2f} |")
+    tta = json.loads((ROOT / "assets" / "tta.json").read_text())
+    assert sorted(r["model"] for r in tta) == sorted(held)
+    for r in tta:  # multi-scale + flip inference (`eval --tta`) of the same held-out runs on the same frames
+        h = held[r["model"]]
+        assert (r["split"], r["weights_sha256"]) == (h["split"], h["weights_sha256"]), r["model"]
+        assert r["miou"] == pytest.approx(h["miou"], abs=0.01) and r["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
+        assert f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |" in out
 
 
 def test_bad_size_is_refused(capsys):
