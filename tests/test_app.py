@@ -196,8 +196,18 @@ def test_examples_are_test_frames_when_there_are_and_name_the_models_that_traine
     val = example_images()
     assert len(val) == 6 and {Path(p).parent for p in val} == {camvid_root / "val"}
     # The manifest's own flag (set when the weights were bundled) says which models trained on val's frames.
-    trained = [r.short for r in records.records("camvid") if r.metrics.get("val_trained_on")]
-    assert examples_label(val) == "CamVid val frames" + (f" (trained on by {', '.join(trained)})" if trained else "")
+    every = records.records("camvid")
+    trained = [r.short for r in every if r.metrics.get("val_trained_on")]
+    named = f" (trained on by {', '.join(trained)})" if trained else ""
+    assert examples_label(val) == "CamVid val frames" + (
+        " (every CamVid model here trained on them)" if len(trained) == len(every) else named)
+    # with every model trained on val (the records' train split made trainval), the label says so shortly
+    import dataclasses
+
+    monkeypatch.setattr(records, "records", lambda dataset: [dataclasses.replace(
+        r, metrics={**r.metrics, "train_split": "trainval"}) for r in every])
+    assert examples_label(val) == "CamVid val frames (every CamVid model here trained on them)"
+    monkeypatch.undo()
     for folder in ("test", "testannot"):
         (tmp_path / folder).mkdir()
     lines = []

@@ -72,8 +72,11 @@ def examples_label(paths: list[str]) -> str:
     from ..review import training_frames
 
     root, names = default_root(), {Path(p).name for p in paths}
-    trained = [r.short for r in records.records("camvid") if names & (training_frames(r, root) or set())]
+    every = records.records("camvid")
+    trained = [r.short for r in every if names & (training_frames(r, root) or set())]
     label = f"CamVid {Path(paths[0]).parent.name} frames"
+    if trained and len(trained) == len(every):
+        return label + " (every CamVid model here trained on them)"
     return label + (f" (trained on by {', '.join(trained)})" if trained else "")
 
 
