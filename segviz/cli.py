@@ -236,7 +236,7 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=1))
         return 0
     seqs = ", ".join(f"{k} {v}" for k, v in result["sequences"].items())
-    how = "; scales 0.75, 1, 1.25 and mirrored, averaged" if args.tta else ""
+    how = f"; scales {', '.join(f'{x:g}' for x in result['tta']['scales'])} and mirrored, averaged" if args.tta else ""
     print(f"{args.model} on CamVid {args.split} ({result['images']} images: {seqs}; full resolution{how})")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
