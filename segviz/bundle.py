@@ -76,6 +76,17 @@ def runs_table(paths) -> list[str]:
     return rows
 
 
+# What says where and how a run of a recipe went, not what the recipe is: the frames it trained and validated on,
+# the epoch it kept, its seed, how often it validated and checkpointed.
+RUN_FIELDS = frozenset({"model", "arch", "best", "train_split", "val_split", "select", "seed", "eval_every",
+                        "checkpoint_every"})
+
+
+def recipe_differences(a: dict, b: dict) -> list[str]:
+    """The recipe fields in which two runs' recipes differ, :data:`RUN_FIELDS` left out."""
+    return sorted(k for k in a.keys() | b.keys() if k not in RUN_FIELDS and a.get(k) != b.get(k))
+
+
 def _fmt(v) -> str:
     return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -90,10 +101,18 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
            heldout: dict | None = None) -> dict:
     """Bundle the run in ``run_dir`` (a CamVid run of registry model ``name``) as record
     ``<name>.camvid``. ``heldout``: the sequence-held-out validation of the same recipe
-    (``{"split": "seq:0006R0", "miou": ..., ...}``), recorded beside the val numbers."""
+    (``{"split": "seq:0006R0", "miou": ..., ...}``, :func:`heldout_scores`), recorded beside the val numbers;
+    without it the record keeps the held-out validation it has when that was of the same recipe."""
     run_dir, manifest = Path(run_dir), Path(manifest or MANIFEST)
     record = f"{name}.camvid"
     recipe = json.loads((run_dir / "recipe.json").read_text())
+    if heldout is not None and (differ := recipe_differences(recipe, heldout["recipe"])):
+        raise ValueError(f"the held-out run's recipe differs from {run_dir}'s in {', '.join(differ)}: "
+                         "its score would not describe these weights' recipe")
+    if heldout is None:
+        kept = read_manifest(manifest).get(record, {}).get("heldout")
+        if kept is not None and not recipe_differences(recipe, kept["recipe"]):
+            heldout = kept
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().split("\n") if line.strip()]
     val = CamVid(data, "val")
     model = registry.build(name, num_classes=val.labels.num_classes)

@@ -343,7 +343,10 @@ def cmd_weights(args) -> int:
             raise ValueError("weights bundle needs --model NAME (a registry name) and --run RUN")
         heldout = heldout_scores(args.heldout_run) if args.heldout_run else None
         entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout)
-        print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...")
+        held = entry.get("heldout")
+        print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...; "
+              + (f"held-out {held['split']} mIoU {held['miou']} (a run of the same recipe)" if held else
+                 "no held-out validation of this recipe recorded (--heldout-run RUN records one)"))
         return 0
     bad = 0
     for r in records.all_records():

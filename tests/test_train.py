@@ -211,6 +211,9 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path, 
     assert entry["epoch_seconds_median"] == round((log[0]["seconds"] + log[1]["seconds"]) / 2, 1)
     assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]["sha256"] == sha256_file(
         manifest.parent / entry["file"])
+    # Bundled again without --heldout-run (as a train+val run of the recipe is): the held-out record stays.
+    assert bundle(MODEL, run, data=camvid_root, manifest=manifest)["heldout"] == held
+    entry = json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]
     # Bundling again, interrupted while it evaluates the new file: the bundled file and its entry stay a pair.
     import segviz.bundle
 
@@ -238,6 +241,25 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path, 
     assert sorted(f.name for f in manifest.parent.iterdir()) == sorted(["manifest.json", entry["file"]])
     with pytest.raises(ValueError, match="not on a held-out sequence"):
         heldout_scores(_run_with_val_split(tmp_path, "val"))
+
+
+def test_a_held_out_run_of_another_recipe_is_refused(tmp_path):
+    """The manifest's held-out column says 'a run of the same recipe': only what says where a run trained, its
+    seed and how often it validated may differ; a held-out run of another recipe is refused."""
+    from segviz.bundle import bundle, recipe_differences
+
+    a = {"model": MODEL, "epochs": 20, "crop": [176, 240], "seed": 0, "train_split": "trainval", "val_split": None,
+         "select": "last", "eval_every": 2, "best": {"epoch": 20}}
+    b = {**a, "seed": 1, "train_split": "noseq:0006R0", "val_split": "seq:0006R0", "select": "best", "eval_every": 5}
+    assert recipe_differences(a, b) == []
+    assert recipe_differences(a, {**b, "epochs": 40, "crop": [256, 352]}) == ["crop", "epochs"]
+    assert recipe_differences(a, {**a, "ema": 0.999}) == ["ema"]  # a field one recipe lacks differs too
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps(a))
+    with pytest.raises(ValueError, match="recipe differs .* in epochs"):
+        bundle(MODEL, run, manifest=tmp_path / "manifest.json", heldout={"recipe": {**b, "epochs": 40}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # refused before anything was written
 
 
 def _run_with_val_split(tmp_path, split):
