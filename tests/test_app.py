@@ -222,6 +222,14 @@ def test_examples_are_test_frames_when_there_are_and_name_the_models_that_traine
     test = example_images()
     assert [Path(p).name for p in test] == ["Seq05VD_f00000.png", "Seq05VD_f00001.png"]
     assert examples_label(test) == "CamVid test frames"
+    # The Review tab opens at the same split: test here, val where the folder has no test split.
+    from segviz.ui.review import default_split
+
+    assert default_split() == "test"
+    (tmp_path / "test.txt").unlink()
+    assert default_split() == "val"
+    monkeypatch.setenv("SEGVIZ_DATA", str(tmp_path / "nowhere"))
+    assert default_split() == "val" and example_images() == []
 
 
 def test_models_tab_lists_every_record_and_every_untrained_architecture():

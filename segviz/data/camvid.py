@@ -68,6 +68,12 @@ def resolve_split(root: Path, spec: str) -> list[tuple[Path, Path]]:
     return read_split(root, spec)
 
 
+def looking_split(root: str | os.PathLike | None = None) -> str:
+    """The split to look at the bundled models on: CamVid's test split when the folder has it (no model here
+    trained on it), else val (which they trained on: every bundled model now trains on train + val)."""
+    return "test" if (default_root(root) / "test.txt").exists() else "val"
+
+
 def read_split(root: Path, split: str) -> list[tuple[Path, Path]]:
     listing = root / f"{split}.txt"
     if not listing.exists():

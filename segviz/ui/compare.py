@@ -53,16 +53,14 @@ class Stopwatch:
 
 def example_images(limit: int = 6) -> list[str]:
     """Frames of CamVid's test split when the data folder has it (no model here trains on it), else of val."""
-    from ..data.camvid import default_root, read_split
+    from ..data.camvid import default_root, looking_split, read_split
 
-    for split in ("test", "val"):
-        try:
-            pairs = read_split(default_root(), split)
-        except FileNotFoundError:
-            continue
-        step = max(1, len(pairs) // limit)
-        return [str(img) for img, _ in pairs[::step][:limit]]
-    return []
+    try:
+        pairs = read_split(default_root(), looking_split())
+    except FileNotFoundError:
+        return []
+    step = max(1, len(pairs) // limit)
+    return [str(img) for img, _ in pairs[::step][:limit]]
 
 
 def examples_label(paths: list[str]) -> str:

@@ -90,6 +90,17 @@ def unpack(upload: str) -> tuple[str, str]:
     return str(dest / "images"), str(dest / "labels")
 
 
+def default_split() -> str:
+    """The split the tab opens at: CamVid's test split where the data folder has it (frames no bundled model
+    trained on), else val."""
+    from ..data.camvid import looking_split
+
+    try:
+        return looking_split()
+    except FileNotFoundError:
+        return "val"
+
+
 def query(dataset: str, split: str, upload, models, crf: bool, limit) -> Query:
     if not models:
         raise ValueError("select at least one model")
@@ -207,7 +218,8 @@ def build_tab(gr, user_error, tabs, compare_inputs):
             with gr.Column(scale=1, min_width=320):
                 model_set = gr.Radio(dataset_choices(), value="camvid", label="Model set (label set)",
                                      elem_id="review-set")
-                split = gr.Textbox("val", label="CamVid split", info="val, train, trainval, seq:0006R0, noseq:0006R0",
+                split = gr.Textbox(default_split(), label="CamVid split",
+                                   info="test, val, train, trainval, seq:0006R0, noseq:0006R0",
                                    elem_id="review-split")
                 upload = gr.File(label="... or a zip of images/ and labels/ (label PNGs with the images' stems)",
                                  file_types=[".zip"], type="filepath", elem_id="review-upload")
