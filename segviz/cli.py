@@ -423,6 +423,12 @@ def train_minutes(entry: dict) -> float:
     return entry["train_seconds"] / 60
 
 
+def frames_words(split: str) -> str:
+    """The CamVid frames a train split names, in words (trainval: 'train + val')."""
+    kind, _, seq = split.partition(":")
+    return {"trainval": "train + val", "noseq": f"train + val without {seq}"}.get(kind, split)
+
+
 def cmd_report(args) -> int:
     """Markdown tables for the README from the records, assets/bench.json and assets/crf.json; with --runs,
     the ablation table of those training runs instead."""
@@ -437,9 +443,9 @@ def cmd_report(args) -> int:
     trained = [r for r in records.all_records() if r.trained_here]
     # val is the models' selection set unless they trained on it; then its column would only say so
     show_val = any(not r.metrics.get("val_trained_on") for r in trained)
-    print("| model | held-out seq. mIoU | without Bicyclist | held-out pixel acc | held-out class acc | "
+    print("| model | trained on | held-out seq. mIoU | without Bicyclist | held-out pixel acc | held-out class acc | "
           + ("val mIoU | " if show_val else "") + "params | epochs | train time | paper (CamVid test) | VOC12 (review) |")
-    print("|---" * (10 + show_val) + "|")
+    print("|---" * (11 + show_val) + "|")
     for r in trained:
         e, spec = r.metrics, r.spec
         held = e.get("heldout")
@@ -449,7 +455,7 @@ def cmd_report(args) -> int:
                     + " | ".join(f"{held[k]:.1f}" if k in held else "-" for k in ("pixel_acc", "class_acc")))
         else:
             held = "- | - | - | -"
-        print(f"| {r.name} | {held} | " + (f"{r.val_miou} | " if show_val else "")
+        print(f"| {r.name} | {frames_words(e['train_split'])} | {held} | " + (f"{r.val_miou} | " if show_val else "")
               + f"{e['num_params'] / 1e6:.2f}M | {e['recipe']['epochs']} | {train_minutes(e):.0f} min | "
               f"{r.dataset.published.get(spec.arch, '-')} | {spec.voc12_miou or '-'} |")
     bench_file = PROJECT_ROOT / "assets" / "bench.json"

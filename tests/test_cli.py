@@ -124,6 +124,8 @@ def test_report_prints_the_bundled_models(capsys):
     some_val = any(not e.get("val_trained_on") for e in read_manifest().values())
     for name, entry in read_manifest().items():
         row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        frames = {"train": "train", "trainval": "train + val", "noseq:0006R0": "train + val without 0006R0"}
+        assert row.startswith(f"| {name} | {frames[entry['train_split']]} |")
         if some_val:
             val = "trained on val" if entry.get("val_trained_on") else f"{entry['val_miou']:.2f}"
             assert f"| {val} | {entry['num_params'] / 1e6:.2f}M |" in row
