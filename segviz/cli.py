@@ -231,7 +231,8 @@ def cmd_eval(args) -> int:
     model = load_model(args.model, weights=args.weights, device=args.device)
     data = CamVid(args.data, args.split, limit=args.limit)
     result = evaluate(model, data, next(model.parameters()).device, progress=not args.json, tta=args.tta)
-    result.update(model=args.model, split=args.split, sequences=data.sequences())
+    result.update(model=args.model, split=args.split, sequences=data.sequences(),
+                  trained_on=_trained_on_count(args, data))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -241,7 +242,22 @@ def cmd_eval(args) -> int:
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
     print(f"  mIoU {result['miou']:.2f}  pixel acc {result['pixel_acc']:.2f}  class acc {result['class_acc']:.2f}")
+    if result["trained_on"]:
+        print(f"  note: the model trained on {result['trained_on']} of these {result['images']} frames, where it scores "
+              "higher than on a new drive (the manifest's held-out column estimates that)")
     return 0
+
+
+def _trained_on_count(args, data) -> int | None:
+    """How many of the evaluated frames the bundled weights trained on; None for other weights or models."""
+    from . import records
+    from .data.camvid import default_root
+    from .review import training_frames
+
+    if args.weights is not None:
+        return None
+    frames = training_frames(records.get(args.model), default_root(args.data))
+    return None if frames is None else sum(image.name in frames for image, _ in data.pairs)
 
 
 def cmd_review(args) -> int:

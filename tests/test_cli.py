@@ -290,3 +290,19 @@ def test_eval_tta_scores_the_averaged_predictions(capsys, camvid_root):
     probs = predict_probs_tta(load_model("fcn8s_efficientnet_lite0.camvid"), image)
     want = scores(confusion_matrix(labels_of(probs), target, 11), CamVid(camvid_root, "val").labels.classes)
     assert result["miou"] == want["miou"] and result["per_class_iou"] == want["per_class_iou"]
+
+
+def test_eval_says_how_many_frames_the_bundled_model_trained_on(capsys, camvid_root):
+    from segviz import records
+    from segviz.data.camvid import CamVid
+
+    entry = records.get("fcn32s_efficientnet_lite0").metrics
+    trained = {image.name for image, _ in CamVid(camvid_root, entry["train_split"]).pairs}
+    val = [image.name for image, _ in CamVid(camvid_root, "val", limit=2).pairs]
+    code, out, _ = run(capsys, "eval", "--model", "fcn32s_efficientnet_lite0", "--data", str(camvid_root), "--limit", "2")
+    count = sum(name in trained for name in val)
+    assert code == 0 and (f"note: the model trained on {count} of these 2 frames" in out) == (count > 0)
+    # other weights: not known, so not said
+    code, out, _ = run(capsys, "eval", "--model", "fcn32s_efficientnet_lite0", "--data", str(camvid_root), "--limit", "1",
+                       "--json", "--weights", str(ROOT / "weights" / records.get("fcn32s_efficientnet_lite0").file))
+    assert code == 0 and json.loads(out)["trained_on"] is None
