@@ -82,8 +82,14 @@ RUN_FIELDS = frozenset({"model", "arch", "best", "train_split", "val_split", "se
                         "checkpoint_every"})
 
 
+# Options added to the recipe after the first runs, with the value every run before them trained with.
+LATER_OPTIONS = {"photometric": 0.0, "label_smoothing": 0.0, "ema": 0.0}
+
+
 def recipe_differences(a: dict, b: dict) -> list[str]:
-    """The recipe fields in which two runs' recipes differ, :data:`RUN_FIELDS` left out."""
+    """The recipe fields in which two runs' recipes differ, :data:`RUN_FIELDS` left out; a recipe recorded before
+    an option of :data:`LATER_OPTIONS` existed trained with it off."""
+    a, b = {**LATER_OPTIONS, **a}, {**LATER_OPTIONS, **b}
     return sorted(k for k in a.keys() | b.keys() if k not in RUN_FIELDS and a.get(k) != b.get(k))
 
 

@@ -254,6 +254,8 @@ def test_a_held_out_run_of_another_recipe_is_refused(tmp_path):
     assert recipe_differences(a, b) == []
     assert recipe_differences(a, {**b, "epochs": 40, "crop": [256, 352]}) == ["crop", "epochs"]
     assert recipe_differences(a, {**a, "ema": 0.999}) == ["ema"]  # a field one recipe lacks differs too
+    assert recipe_differences(a, {**a, "ema": 0.0}) == []  # ... unless it is an option added later, off
+    assert recipe_differences({**a, "aux_weight": 0.4}, a) == ["aux_weight"]
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.json").write_text(json.dumps(a))
