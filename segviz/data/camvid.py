@@ -70,7 +70,7 @@ def resolve_split(root: Path, spec: str) -> list[tuple[Path, Path]]:
 
 def looking_split(root: str | os.PathLike | None = None) -> str:
     """The split to look at the bundled models on: CamVid's test split when the folder has it (no model here
-    trained on it), else val (which they trained on: every bundled model now trains on train + val)."""
+    trained on it), else val (which the models bundled from train + val trained on)."""
     return "test" if (default_root(root) / "test.txt").exists() else "val"
 
 
