@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,17 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            # switching a new file to WAL while another process does the same can fail at once with "database
+            # is locked" (SQLite does not wait on its busy timeout there): try again for up to the same minute
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
             self.db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: a crash loses at most the last commits
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
