@@ -1,6 +1,7 @@
 """Turn a finished training run into bundled weights: float16 safetensors + a manifest entry."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -12,6 +13,7 @@ from . import registry
 from .registry import spec_fields
 from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
+from .train import Recipe
 from .weights import MANIFEST, load_safetensors, read_manifest, save_safetensors, sha256_file
 
 SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
@@ -82,8 +84,9 @@ RUN_FIELDS = frozenset({"model", "arch", "best", "train_split", "val_split", "se
                         "checkpoint_every"})
 
 
-# Options added to the recipe after the first runs, with the value every run before them trained with.
-LATER_OPTIONS = {"photometric": 0.0, "label_smoothing": 0.0, "ema": 0.0}
+# Options added to the recipe after the first runs, with their defaults: off, as every run before them trained.
+LATER_OPTIONS = {f.name: f.default for f in dataclasses.fields(Recipe)
+                 if f.name in ("photometric", "label_smoothing", "ema")}
 
 
 def recipe_differences(a: dict, b: dict) -> list[str]:

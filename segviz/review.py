@@ -162,6 +162,9 @@ def _from_npy(b: bytes) -> np.ndarray:
 
 
 
+BUSY_TIMEOUT = 60  # seconds a process waits for another one's write
+
+
 class Store:
     """The review database (created on first use, WAL journal, waits up to a minute for a writer)."""
 
@@ -169,10 +172,10 @@ class Store:
         self.path = Path(path) if path else default_db()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False)
             # switching a new file to WAL while another process does the same can fail at once with "database
-            # is locked" (SQLite does not wait on its busy timeout there): try again for up to the same minute
-            deadline = time.monotonic() + 60
+            # is locked" (SQLite does not wait on its busy timeout there): try again for as long
+            deadline = time.monotonic() + BUSY_TIMEOUT
             while True:
                 try:
                     self.db.execute("PRAGMA journal_mode=WAL")
