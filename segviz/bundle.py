@@ -1,7 +1,6 @@
 """Turn a finished training run into bundled weights: float16 safetensors + a manifest entry."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
@@ -13,7 +12,7 @@ from . import registry
 from .registry import spec_fields
 from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
-from .train import Recipe
+from .train import LATER_OPTIONS
 from .weights import MANIFEST, load_safetensors, read_manifest, save_safetensors, sha256_file
 
 SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
@@ -82,11 +81,6 @@ def runs_table(paths) -> list[str]:
 # the epoch it kept, its seed, how often it validated and checkpointed.
 RUN_FIELDS = frozenset({"model", "arch", "best", "train_split", "val_split", "select", "seed", "eval_every",
                         "checkpoint_every"})
-
-
-# Options added to the recipe after the first runs, with their defaults: off, as every run before them trained.
-LATER_OPTIONS = {f.name: f.default for f in dataclasses.fields(Recipe)
-                 if f.name in ("photometric", "label_smoothing", "ema")}
 
 
 def recipe_differences(a: dict, b: dict) -> list[str]:

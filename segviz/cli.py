@@ -108,6 +108,7 @@ def recipe_of(args):
     if val_split == "none":
         val_split = None
     return Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
+                  backbone_lr=args.backbone_lr,
                   weight_decay=args.weight_decay, eval_every=args.eval_every, class_weights=args.class_weights,
                   scale=tuple(args.scale), photometric=args.photometric, label_smoothing=args.label_smoothing,
                   ema=args.ema, seed=args.seed, train_split=train_split, val_split=val_split,
@@ -539,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=_size, default=(176, 240), help="training crop HxW")
     t.add_argument("--batch-size", type=_int_at_least(1), default=8)
     t.add_argument("--lr", type=_float_in(0, None, low_open=True), default=1e-3)
+    t.add_argument("--backbone-lr", type=_float_in(0, 1, low_open=True), default=1.0,
+                   help="the pretrained backbone's learning rate as a fraction of --lr, e.g. 0.1 (default 1: the same)")
     t.add_argument("--weight-decay", type=_float_in(0, None), default=1e-4)
     t.add_argument("--eval-every", type=_int_at_least(1), default=2, help="epochs between validations")
     t.add_argument("--class-weights", default="sqrt_median_frequency",

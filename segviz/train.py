@@ -21,7 +21,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class Recipe:
     scale: tuple[float, float] = (0.5, 1.0)
     photometric: float = 0.0  # strength of brightness/contrast/saturation/hue jitter + blur (0: off)
     lr: float = 1e-3
+    backbone_lr: float = 1.0  # the pretrained backbone's learning rate as a fraction of lr (1: the same)
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     aux_weight: float = 0.4
@@ -62,6 +63,7 @@ class Recipe:
     def __post_init__(self):
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch size must be >= 1"),
                   (self.eval_every >= 1, "eval_every must be >= 1"), (self.lr > 0, "lr must be > 0"),
+                  (0 < self.backbone_lr <= 1, "backbone_lr must be in (0, 1]"),
                   (0 < self.scale[0] <= self.scale[1], "scale must be two numbers 0 < low <= high"),
                   (min(self.crop) >= 16, "crop must be at least 16x16"),
                   (0 <= self.photometric <= 1, "photometric must be in [0, 1]"),
@@ -73,6 +75,11 @@ class Recipe:
             if not ok:
                 raise ValueError(message)
         self.crop, self.scale = tuple(self.crop), tuple(self.scale)
+
+
+# Options added to the recipe after the first runs, with their defaults: off, as every run before them trained.
+LATER_OPTIONS = {f.name: f.default for f in fields(Recipe)
+                 if f.name in ("photometric", "label_smoothing", "ema", "backbone_lr")}
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +153,16 @@ class SkipSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
+
+
+def parameter_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
+    """The optimizer's parameter groups: one, or with ``recipe.backbone_lr < 1`` the ImageNet-pretrained
+    ``model.backbone`` at ``lr * backbone_lr`` and the layers trained from scratch at ``lr``."""
+    if recipe.backbone_lr == 1:
+        return [{"params": list(model.parameters())}]
+    pretrained = {id(p) for p in model.backbone.parameters()}
+    return [{"params": [p for p in model.backbone.parameters()], "lr": recipe.lr * recipe.backbone_lr},
+            {"params": [p for p in model.parameters() if id(p) not in pretrained]}]
 
 
 def schedule(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -246,7 +263,7 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
         w = train_set.median_frequency_weights()
         weights = torch.tensor(np.sqrt(w) if recipe.class_weights.startswith("sqrt") else w, dtype=torch.float32,
                                device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
     augmented = Augmented(train_set, recipe)
     sampler = DistributedSampler(augmented, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed)
     steps_per_epoch = -(-len(sampler) // recipe.batch_size)
@@ -262,7 +279,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     if resume and (out / "last.pt").exists():
         # On the CPU: the random states must be CPU byte tensors; load_state_dict moves the rest to the device.
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        changed = sorted(k for k, v in _comparable(recipe).items() if state["recipe"].get(k) != v)
+        written = {**LATER_OPTIONS, **state["recipe"]}  # a checkpoint from before an option existed trained without it
+        changed = sorted(k for k, v in _comparable(recipe).items() if written.get(k) != v)
         if changed:
             raise ValueError(f"{out / 'last.pt'} was written with another recipe ({', '.join(changed)} differ); "
                              f"resume with the same options or start afresh without --resume")

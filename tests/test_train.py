@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from segviz.train import Recipe, augment, schedule, train
+from segviz.train import Recipe, augment, parameter_groups, schedule, train
 
 MODEL = "fcn32s_efficientnet_lite0"
 
@@ -68,8 +68,32 @@ def test_train_defaults_are_the_recipe_defaults():
     assert recipe_of(build_parser().parse_args(["train", "--model", MODEL])) == default
 
 
+def test_backbone_lr_trains_the_pretrained_backbone_slower_through_warm_up_and_decay():
+    """--backbone-lr 0.1: the ImageNet-pretrained backbone's parameters (every one of them, and nothing else)
+    step at a tenth of the rate of the layers trained from scratch, at every step of the schedule."""
+    from segviz import registry
+    from segviz.cli import build_parser, recipe_of
+
+    recipe = recipe_of(build_parser().parse_args(["train", "--model", MODEL, "--backbone-lr", "0.1"]))
+    assert recipe.backbone_lr == 0.1
+    model = registry.build(MODEL, num_classes=11, backbone_weights=None)
+    groups = parameter_groups(model, recipe)
+    ids = [[id(p) for p in g["params"]] for g in groups]
+    assert sorted(ids[0] + ids[1]) == sorted(id(p) for p in model.parameters())  # each parameter once
+    assert set(ids[0]) == {id(p) for p in model.backbone.parameters()}
+    opt = torch.optim.AdamW(groups, lr=recipe.lr)
+    sched = schedule(opt, total=20, warmup=5)
+    for _ in range(12):
+        backbone, rest = (g["lr"] for g in opt.param_groups)
+        assert backbone == pytest.approx(0.1 * rest) and rest > 0
+        opt.step()
+        sched.step()
+    assert len(parameter_groups(model, Recipe(model=MODEL))) == 1  # the default: one rate for all
+
+
 def test_recipe_rejects_nonsense():
-    for bad in (dict(eval_every=0), dict(epochs=0), dict(scale=(1.0, 0.5)), dict(ema=1.0),
+    for bad in (dict(eval_every=0), dict(epochs=0), dict(scale=(1.0, 0.5)), dict(ema=1.0), dict(backbone_lr=0.0),
+                dict(backbone_lr=1.5),
                 dict(val_split=None, select="best")):
         with pytest.raises(ValueError):
             Recipe(model=MODEL, **bad)
@@ -89,6 +113,14 @@ def test_train_steps_log_and_resume(camvid_root, tmp_path):
     with pytest.raises(ValueError, match="another recipe.*lr"):
         train(Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), lr=0.5), data=camvid_root, out=tmp_path,
               resume=True, limit=4, progress=False)
+    # A checkpoint written before an option existed resumes with it off, and not with it on.
+    state = torch.load(run / "last.pt", weights_only=True)
+    del state["recipe"]["backbone_lr"]
+    torch.save(state, run / "last.pt")
+    again = dict(data=camvid_root, out=tmp_path, limit=4, progress=False, workers=0, resume=True)
+    with pytest.raises(ValueError, match="another recipe.*backbone_lr"):
+        train(Recipe(model=MODEL, epochs=2, batch_size=2, crop=(64, 96), eval_every=1, backbone_lr=0.1), **again)
+    assert train(recipe, **again).steps == 4  # finished already: nothing more to do
 
 
 @pytest.mark.slow  # resuming at an epoch's end is in the default run (test_train_steps_log_and_resume)
