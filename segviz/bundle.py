@@ -65,7 +65,7 @@ def runs_table(paths) -> list[str]:
     for path in paths:
         run = run_directory(path)
         scores = heldout_scores(run)
-        recipe = scores["recipe"]
+        recipe = {**LATER_OPTIONS, **scores["recipe"]}  # a run from before an option existed trained without it
         base = base or recipe
         diff = ", ".join(f"{k} {_fmt(v)}" for k, v in recipe.items() if k not in ("checkpoint_every",) and v != base.get(k))
         rest = [v for k, v in scores["per_class_iou"].items() if k != "Bicyclist" and v is not None]
