@@ -12,7 +12,7 @@ from . import registry
 from .registry import spec_fields
 from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
-from .train import LATER_OPTIONS
+from .train import with_later_options
 from .weights import MANIFEST, load_safetensors, read_manifest, save_safetensors, sha256_file
 
 SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
@@ -65,7 +65,7 @@ def runs_table(paths) -> list[str]:
     for path in paths:
         run = run_directory(path)
         scores = heldout_scores(run)
-        recipe = {**LATER_OPTIONS, **scores["recipe"]}  # a run from before an option existed trained without it
+        recipe = with_later_options(scores["recipe"])
         base = base or recipe
         diff = ", ".join(f"{k} {_fmt(v)}" for k, v in recipe.items() if k not in ("checkpoint_every",) and v != base.get(k))
         rest = [v for k, v in scores["per_class_iou"].items() if k != "Bicyclist" and v is not None]
@@ -85,8 +85,8 @@ RUN_FIELDS = frozenset({"model", "arch", "best", "train_split", "val_split", "se
 
 def recipe_differences(a: dict, b: dict) -> list[str]:
     """The recipe fields in which two runs' recipes differ, :data:`RUN_FIELDS` left out; a recipe recorded before
-    an option of :data:`LATER_OPTIONS` existed trained with it off."""
-    a, b = {**LATER_OPTIONS, **a}, {**LATER_OPTIONS, **b}
+    an option existed trained with it off (:func:`segviz.train.with_later_options`)."""
+    a, b = with_later_options(a), with_later_options(b)
     return sorted(k for k in a.keys() | b.keys() if k not in RUN_FIELDS and a.get(k) != b.get(k))
 
 

@@ -110,8 +110,9 @@ def recipe_of(args):
     return Recipe(model=args.model, epochs=args.epochs, crop=args.size, batch_size=args.batch_size, lr=args.lr,
                   backbone_lr=args.backbone_lr, weight_decay=args.weight_decay, eval_every=args.eval_every,
                   class_weights=args.class_weights, scale=tuple(args.scale), photometric=args.photometric,
-                  label_smoothing=args.label_smoothing, ema=args.ema, seed=args.seed, train_split=train_split, val_split=val_split,
-                  select=args.select or ("best" if val_split else "last"), checkpoint_every=args.checkpoint_every)
+                  label_smoothing=args.label_smoothing, ema=args.ema, seed=args.seed, train_split=train_split,
+                  val_split=val_split, select=args.select or ("best" if val_split else "last"),
+                  checkpoint_every=args.checkpoint_every)
 
 
 def cmd_train(args) -> int:

@@ -83,6 +83,12 @@ LATER_OPTIONS = {f.name: f.default for f in fields(Recipe)
                  if f.name in ("photometric", "label_smoothing", "ema", "backbone_lr")}
 
 
+def with_later_options(recorded: dict) -> dict:
+    """A recipe as a run recorded it (recipe.json, a checkpoint, the manifest), with the options added since
+    filled in as off: the run trained without them."""
+    return {**LATER_OPTIONS, **recorded}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -161,9 +167,10 @@ def parameter_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
     ``model.backbone`` at ``lr * backbone_lr`` and the layers trained from scratch at ``lr``."""
     if recipe.backbone_lr == 1:
         return [{"params": list(model.parameters())}]
-    pretrained = {id(p) for p in model.backbone.parameters()}
-    return [{"params": list(model.backbone.parameters()), "lr": recipe.lr * recipe.backbone_lr},
-            {"params": [p for p in model.parameters() if id(p) not in pretrained]}]
+    pretrained = list(model.backbone.parameters())
+    ids = {id(p) for p in pretrained}
+    return [{"params": pretrained, "lr": recipe.lr * recipe.backbone_lr},
+            {"params": [p for p in model.parameters() if id(p) not in ids]}]
 
 
 def schedule(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -280,7 +287,7 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     if resume and (out / "last.pt").exists():
         # On the CPU: the random states must be CPU byte tensors; load_state_dict moves the rest to the device.
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        written = {**LATER_OPTIONS, **state["recipe"]}  # a checkpoint from before an option existed trained without it
+        written = with_later_options(state["recipe"])
         changed = sorted(k for k, v in _comparable(recipe).items() if written.get(k) != v)
         if changed:
             raise ValueError(f"{out / 'last.pt'} was written with another recipe ({', '.join(changed)} differ); "
