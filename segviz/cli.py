@@ -336,11 +336,13 @@ def cmd_weights(args) -> int:
     from . import records
 
     if args.action == "download":
+        from .backbones.mobilenet_edgetpu import PRETRAINED_NAME, fetch
         from .data import voc
 
         if not args.model:
-            raise ValueError("weights download needs a model: " + ", ".join(f"{m.name}.voc" for m in voc.catalogue()))
-        path = voc.fetch(voc.get(args.model), url=args.url)
+            raise ValueError("weights download needs a model: " + ", ".join(
+                [f"{m.name}.voc" for m in voc.catalogue()] + [PRETRAINED_NAME]))
+        path = fetch(url=args.url) if args.model == PRETRAINED_NAME else voc.fetch(voc.get(args.model), url=args.url)
         print(f"{args.model}: {path}")
         return 0
     if args.action == "heldout":
@@ -626,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
     w.add_argument("action", choices=["list", "bundle", "heldout", "download"],
                    help="heldout: record a held-out run's scores for an already bundled model (--model, --heldout-run)")
-    w.add_argument("model", nargs="?", help="download: a VOC model (deeplabv3_mnv2.voc, deeplabv3_resnet50.voc, ...)")
+    w.add_argument("model", nargs="?", help="download: a VOC model (deeplabv3_mnv2.voc, deeplabv3_resnet50.voc, ...) or "
+                                             "mobilenet_edgetpu.cityscapes, a backbone's pretrained weights")
     w.add_argument("--model", dest="model_opt", help="bundle: the registry name")
     w.add_argument("--url", default=None, help="download: a mirror URL of the file")
     w.add_argument("--run", default=None, help="with bundle: the run folder (default runs/MODEL)")

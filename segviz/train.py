@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from . import registry
+from .backbones import PRETRAINED
 from .data.camvid import CamVid
 from .evaluate import evaluate
 from .weights import save_safetensors
@@ -265,7 +266,8 @@ def train(recipe: Recipe, data: str | None = None, out: str | os.PathLike = "run
     val_set = CamVid(data, recipe.val_split, limit=limit) if rank == 0 and recipe.val_split else None
     labels = train_set.labels
     spec = registry.get_spec(recipe.model)
-    model = registry.build(recipe.model, num_classes=labels.num_classes, backbone_weights="imagenet").to(device)
+    model = registry.build(recipe.model, num_classes=labels.num_classes,
+                           backbone_weights=PRETRAINED[spec.backbone]).to(device)
     weights = None
     if recipe.class_weights != "none":
         w = train_set.median_frequency_weights()

@@ -77,3 +77,95 @@ def test_dilated_efficientnet_keeps_the_imagenet_features_at_the_centre():
     assert fb[4].shape[-1] == 8 and fa[4].shape[-1] == 2
     convs = [blk.depthwise[0] for blk in b.blocks]
     assert [c.dilation[0] for c in convs] == [1] * 5 + [1, 2, 2, 2, 2, 2, 2, 4, 4, 4, 4]
+
+
+# ------------------------------------------------------------------ MobileNet-EdgeTPU, Coral's Cityscapes DeepLab
+def _cityscapes_file():
+    from conftest import CORAL
+
+    from segviz.backbones.mobilenet_edgetpu import FILE
+
+    if not (CORAL / FILE).exists():
+        pytest.skip("the Coral models are not in ../shared")
+    return CORAL / FILE
+
+
+def _deeplab_on(backbone, rest, x):
+    """The file's ASPP (image pooling first, then the 1x1 branch, as DeepLab concatenates them) and logits."""
+    F = torch.nn.functional
+    (w_aspp0, b_aspp0), (w_pool, b_pool), (w_proj, b_proj), (w_logits, b_logits) = rest
+    f = backbone.head(backbone(x)[-1])
+    a = F.relu(F.conv2d(f, w_aspp0, b_aspp0))
+    pool = F.relu(F.conv2d(f.mean((2, 3), keepdim=True), w_pool, b_pool)).expand_as(a)
+    y = F.conv2d(F.relu(F.conv2d(torch.cat([pool, a], 1), w_proj, b_proj)), w_logits, b_logits)
+    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def test_mobilenet_edgetpu_is_the_backbone_of_corals_cityscapes_deeplab():
+    """With the file's ASPP and logits on top, the backbone computes the TFLite graph's float arithmetic,
+    and on the published reference image matches the published mask as well as the int8 interpreter."""
+    import numpy as np
+    from PIL import Image
+
+    from segviz.backbones.mobilenet_edgetpu import MobileNetEdgeTPU, load_cityscapes
+    from segviz.models.tflite_port import TFLiteGraph
+
+    path = _cityscapes_file()
+    backbone = MobileNetEdgeTPU(output_stride=16, with_head=True).eval()  # as the file runs it
+    rest = load_cityscapes(backbone, path)
+    assert [tuple(w.shape) for w, _ in rest] == [(128, 1280, 1, 1), (128, 1280, 1, 1), (128, 256, 1, 1), (19, 128, 1, 1)]
+    img = np.asarray(Image.open(path.with_name("cityscapes_segmentation.bmp")).convert("RGB"))
+    mask = np.asarray(Image.open(path.with_name("cityscapes_segmentation_mask.bmp")))
+    assert img.shape[:2] == mask.shape == (513, 513)
+    mean, std = torch.tensor(backbone.mean).view(1, 3, 1, 1), torch.tensor(backbone.std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255 - mean) / std
+    graph = TFLiteGraph(path, emulate_int8=False).eval()
+    with torch.no_grad():
+        ours, float_graph = _deeplab_on(backbone, rest, x), graph(x)["out"]
+    assert (ours - float_graph).abs().max() < 1e-3 * float_graph.abs().max()
+    labels = ours.argmax(1)[0].numpy()
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    it = litert.Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], img[None])
+    it.invoke()
+    theirs = it.get_tensor(it.get_output_details()[0]["index"])[0]
+    assert (labels == theirs).mean() > 0.98  # float weights against int8 arithmetic
+    assert (labels == mask).mean() > (theirs == mask).mean() - 0.01 > 0.9
+
+
+def test_mobilenet_edgetpu_dilates_past_its_output_stride():
+    from segviz.backbones.mobilenet_edgetpu import MobileNetEdgeTPU
+
+    a = MobileNetEdgeTPU(output_stride=32).eval()
+    b = MobileNetEdgeTPU(output_stride=8).eval()
+    b.load_state_dict(a.state_dict())
+    assert a.channels == (16, 24, 40, 72, 144)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fa, fb = a(x), b(x)
+    for level in range(3):
+        assert torch.allclose(fa[level], fb[level])
+    assert [f.shape[-1] for f in fa] == [32, 16, 8, 4, 2] and [f.shape[-1] for f in fb] == [32, 16, 8, 8, 8]
+    rates = [blk.spatial[0].dilation[0] for blk in b.blocks]
+    assert rates == [1] * 8 + [1] + [2] * 7 + [2] + [4] * 4  # block 9 keeps rate 1, as the first of a dilated stage
+    assert [blk.spatial[0].dilation[0] for blk in MobileNetEdgeTPU(output_stride=16).blocks][16:] == [1, 2, 2, 2, 2]  # the file's rates
+
+
+def test_mobilenet_edgetpu_weights_missing_or_tampered_are_one_line_errors(tmp_path, monkeypatch):
+    import importlib
+
+    from segviz.weights import WeightsError
+
+    m = importlib.import_module("segviz.backbones.mobilenet_edgetpu")  # the package exports the builder by this name
+
+    monkeypatch.setattr(m, "locations", lambda: [tmp_path / m.FILE])
+    with pytest.raises(WeightsError, match="weights download mobilenet_edgetpu.cityscapes"):
+        m.mobilenet_edgetpu(weights="cityscapes")
+    data = bytearray(_cityscapes_file().read_bytes())
+    data[1000] ^= 1
+    (tmp_path / m.FILE).write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        m.mobilenet_edgetpu(weights="cityscapes")
+    with pytest.raises(ValueError, match="choose 'cityscapes'"):
+        m.mobilenet_edgetpu(weights="imagenet")

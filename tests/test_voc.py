@@ -210,3 +210,25 @@ def test_voc_palette_is_the_devkit_colour_map():
 
     assert VOC.colors[:4] == ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0))
     assert VOC.colors[15] == (192, 128, 128) and VOC.colors[20] == (0, 64, 128)
+
+
+@needs_coral
+def test_cityscapes_backbone_download_from_a_local_server(tmp_path, serve, monkeypatch):
+    """`segviz weights download mobilenet_edgetpu.cityscapes` fetches Coral's file into the user cache,
+    where the backbone then finds it; a file with another sha256 is refused and not kept."""
+    import importlib
+
+    from segviz.cli import main
+
+    m = importlib.import_module("segviz.backbones.mobilenet_edgetpu")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / m.FILE).write_bytes((CORAL / m.FILE).read_bytes())
+    monkeypatch.setenv("SEGVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(m, "locations", lambda: [tmp_path / "cache" / m.FILE])
+    assert main(["weights", "download", m.PRETRAINED_NAME, "--url", serve(site) + m.FILE]) == 0
+    assert m.find_file() == tmp_path / "cache" / m.FILE
+    (site / "bad.tflite").write_bytes(b"not the model")
+    with pytest.raises(WeightsError, match="sha256"):
+        m.fetch(tmp_path / "other", url=serve(site) + "bad.tflite", progress=False)
+    assert not (tmp_path / "other" / m.FILE).exists()

@@ -143,6 +143,8 @@ class TFLiteGraph(SegmentationModel):
             elif kind == "CONCATENATION":
                 o = _options(op, tflite.ConcatenationOptions)
                 spec.update(axis=o.Axis(), act=o.FusedActivationFunction())
+            elif kind == "TILE":  # image pooling broadcast back over the map, as a resize would
+                spec["size"] = self.shapes[out][1:3]
             elif kind not in ("QUANTIZE", "DEQUANTIZE", "ARG_MAX"):
                 raise NotImplementedError(f"{path}: operator {kind} is not supported by the port")
             self.ops.append(spec)
@@ -204,6 +206,8 @@ class TFLiteGraph(SegmentationModel):
                                      op["filter"], op["stride"], count_include_pad=False)
             elif kind == "RESIZE_BILINEAR":
                 y = self._resize(a, self._target_size(op["size"], env), op["align_corners"], op["half_pixel"])
+            elif kind == "TILE":
+                y = a.expand(-1, -1, *self._target_size(op["size"], env)).contiguous()
             elif kind == "CONCATENATION":
                 y = torch.cat([env[j] for j in ins], dim=_AXIS[op["axis"]])
             elif kind in ("QUANTIZE", "DEQUANTIZE"):
