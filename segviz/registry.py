@@ -9,6 +9,13 @@ if TYPE_CHECKING:  # importing the registry does not import torch (listing recor
     from torch import nn
 
 
+# The backbone of the compact configurations, the ones trained on CamVid and bundled.
+COMPACT_BACKBONE = "efficientnet_lite0"
+# Backbones tried against it: their configurations are trained with a sequence held out and bundled only if they
+# pay (README, "Other backbones, on trial").
+TRIAL_BACKBONES = ("efficientnet_lite2", "mobilenet_edgetpu")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # registry key, <arch>_<backbone>
@@ -23,14 +30,16 @@ class ModelSpec:
     key_idea: str
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
     order: int = 0  # position in the 2017 review's story (FCN first, U-Net last); ties keep faithful before compact
-    compact: bool = False  # the EfficientNet-Lite0 configurations we train and bundle
-    trial: bool = False  # a stronger backbone on trial: trained held out, bundled only if it pays
+    compact: bool = False  # set from the backbone: a COMPACT_BACKBONE configuration, trained and bundled
+    trial: bool = False  # set from the backbone: a TRIAL_BACKBONES one, trained held out, bundled only if it pays
     aux: bool = False  # returns an auxiliary head's logits as "aux" in train mode
     config: object = field(default=None, repr=False, compare=False)  # the architecture's config dataclass
     short: str = ""  # overlay and chart labels; default: the title without its parenthesis
 
     def __post_init__(self):
         object.__setattr__(self, "short", self.short or short_title(self.title))
+        object.__setattr__(self, "compact", self.backbone == COMPACT_BACKBONE)
+        object.__setattr__(self, "trial", self.backbone in TRIAL_BACKBONES)
 
     def branches(self) -> list:
         """The dilated / pooled branches the model declares (``segviz.dilation.Branch``); [] if none."""

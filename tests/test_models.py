@@ -56,6 +56,33 @@ def test_every_architecture_has_a_compact_and_a_faithful_configuration():
         assert any(not s.compact for s in specs), arch
 
 
+def test_every_architecture_has_a_mobilenet_edgetpu_trial_configuration_like_its_compact_one():
+    """The Cityscapes-pretrained backbone on trial is tried on every architecture, with the compact head."""
+    for compact in list_models(compact=True):
+        trial = get_spec(compact.name.replace(compact.backbone, "mobilenet_edgetpu"))
+        assert trial.trial and not trial.compact and trial.arch == compact.arch
+        assert trial.config == compact.config and trial.output_stride == compact.output_stride, compact.arch
+
+
+def test_the_compact_and_trial_backbones_start_from_their_pretrained_weights():
+    """Training builds each backbone with the weights PRETRAINED names: ImageNet's, or Cityscapes' for
+    MobileNet-EdgeTPU (its weights are needed from ../shared or the user cache)."""
+    from conftest import CORAL
+
+    from segviz.backbones import BACKBONES, PRETRAINED, build_backbone
+
+    assert PRETRAINED.keys() == BACKBONES.keys()
+    for name in ("efficientnet_lite0", "mobilenet_edgetpu"):
+        if name == "mobilenet_edgetpu" and not (CORAL / "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite").exists():
+            continue
+        torch.manual_seed(0)
+        pretrained = build_backbone(name, weights=PRETRAINED[name]).state_dict()
+        torch.manual_seed(0)
+        scratch = build_backbone(name).state_dict()
+        changed = [k for k in scratch if scratch[k].is_floating_point() and not torch.equal(scratch[k], pretrained[k])]
+        assert len(changed) > 0.9 * sum(v.is_floating_point() for v in scratch.values()), name
+
+
 def test_every_model_module_registers_and_the_story_order_is_one_place_per_architecture():
     """A module in segviz/models is picked up by itself; each architecture has its own place in the story."""
     import pkgutil

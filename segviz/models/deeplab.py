@@ -115,8 +115,10 @@ class DeepLabV2(SegmentationModel):
         return self.aspp(feats[4])  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
 
 
-V1_CONFIGS = {"vgg16": DeepLabV1Config(released_pools=True), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True)}
-V2_CONFIGS = {"resnet101": DeepLabV2Config(), "efficientnet_lite0": DeepLabV2Config()}
+V1_CONFIGS = {"vgg16": DeepLabV1Config(released_pools=True), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True),
+              "mobilenet_edgetpu": DeepLabV1Config(width=256, separable=True)}
+V2_CONFIGS = {"resnet101": DeepLabV2Config(), "efficientnet_lite0": DeepLabV2Config(),
+              "mobilenet_edgetpu": DeepLabV2Config()}
 
 
 def build_deeplabv1(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -205,7 +207,8 @@ class DeepLabV3(SegmentationModel):
 
 
 V3_CONFIGS = {"resnet50": DeepLabV3Config(), "resnet101": DeepLabV3Config(),
-              "efficientnet_lite0": DeepLabV3Config(width=128, output_stride=16)}
+              "efficientnet_lite0": DeepLabV3Config(width=128, output_stride=16),
+              "mobilenet_edgetpu": DeepLabV3Config(width=128, output_stride=16)}
 
 
 def build_deeplabv3(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -229,17 +232,17 @@ for _bb, _cfg in V1_CONFIGS.items():
         output_stride=_cfg.output_stride,
         key_idea="Atrous convolution keeps resolution at stride 8 and fc6 at rate 12 sees a large field of view; "
                  "a dense CRF sharpens the boundaries.",
-        builder=partial(build_deeplabv1, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg, **_V1))
+        builder=partial(build_deeplabv1, backbone=_bb), config=_cfg, **_V1))
 for _bb, _cfg in V2_CONFIGS.items():
     register(ModelSpec(
         name=f"deeplabv2_{_bb}", arch="deeplabv2", order=70, title="DeepLab v2 (ASPP)", backbone=_bb,
         output_stride=_cfg.output_stride,
         key_idea="Atrous spatial pyramid pooling: parallel atrous convs at rates 6/12/18/24 see objects at several scales.",
-        builder=partial(build_deeplabv2, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg, **_V2))
+        builder=partial(build_deeplabv2, backbone=_bb), config=_cfg, **_V2))
 for _bb, _cfg in V3_CONFIGS.items():
     register(ModelSpec(
         name=f"deeplabv3_{_bb}", arch="deeplabv3", order=110, title="DeepLab v3", backbone=_bb,
         output_stride=_cfg.output_stride,
         key_idea="ASPP with batch norm and image-level pooling for global context; output stride 8 or 16.",
-        builder=partial(build_deeplabv3, backbone=_bb), compact=_bb == "efficientnet_lite0", aux=_cfg.aux,
+        builder=partial(build_deeplabv3, backbone=_bb), aux=_cfg.aux,
         config=_cfg, **_V3))

@@ -95,7 +95,8 @@ def frontend_head(backbone: nn.Module, num_classes: int, config: DilationConfig,
                          nn.Dropout2d(0.1), nn.Conv2d(w, num_classes, 1))
 
 
-CONFIGS = {"vgg16": DilationConfig(), "efficientnet_lite0": DilationConfig(convolutionalised_fc=False, fc_width=256)}
+CONFIGS = {"vgg16": DilationConfig(), "efficientnet_lite0": DilationConfig(convolutionalised_fc=False, fc_width=256),
+           "mobilenet_edgetpu": DilationConfig(convolutionalised_fc=False, fc_width=256)}
 
 
 def build_dilation(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -112,4 +113,4 @@ for _bb, _cfg in CONFIGS.items():
         arxiv="1511.07122", voc12_miou=75.3,
         key_idea="Dilated convolutions grow the receptive field exponentially without losing resolution: "
                  "a front-end without its last pools plus a context module of rates 1-16.",
-        builder=partial(build_dilation, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))
+        builder=partial(build_dilation, backbone=_bb), config=_cfg))

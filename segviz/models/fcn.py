@@ -85,7 +85,8 @@ def fcn_classifier(backbone: nn.Module, config: FCNConfig, backbone_weights: str
 
 CONFIGS = {"vgg16": FCNConfig(),
            "efficientnet_lite0": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1),
-           "efficientnet_lite2": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1)}
+           "efficientnet_lite2": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1),
+           "mobilenet_edgetpu": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1)}
 
 
 def build_fcn(*, variant: str, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -109,5 +110,5 @@ for _order, _variant in enumerate(("32s", "16s", "8s")):
         register(ModelSpec(
             name=f"fcn{_variant}_{_bb}", arch=f"fcn{_variant}", order=10 + _order, title=f"FCN-{_variant}",
             backbone=_bb, output_stride=32 // 2 ** SKIPS[_variant], key_idea=_IDEAS[_variant],
-            builder=partial(build_fcn, variant=_variant, backbone=_bb), compact=_bb == "efficientnet_lite0",
-            trial=_bb == "efficientnet_lite2", config=_cfg, **_PAPER))
+            builder=partial(build_fcn, variant=_variant, backbone=_bb),
+            config=_cfg, **_PAPER))

@@ -75,7 +75,8 @@ class GCN(SegmentationModel):
         return crop_to(y, size)
 
 
-CONFIGS = {"resnet101": GCNConfig(), "efficientnet_lite0": GCNConfig()}
+CONFIGS = {"resnet101": GCNConfig(), "efficientnet_lite0": GCNConfig(),
+           "mobilenet_edgetpu": GCNConfig()}
 
 
 def build_gcn(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, k: int | None = None,
@@ -92,4 +93,4 @@ for _bb, _cfg in CONFIGS.items():
         arxiv="1703.02719", voc12_miou=82.2,
         key_idea="Large separable kernels (k x 1 + 1 x k) make classification robust, and a residual boundary "
                  "refinement block sharpens localisation.",
-        builder=partial(build_gcn, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))
+        builder=partial(build_gcn, backbone=_bb), config=_cfg))

@@ -97,7 +97,8 @@ class PSPNet(SegmentationModel):
 
 # Compact: output stride 16 (8 would triple EfficientNet-Lite0's cost on a CPU), a 128-channel conv.
 CONFIGS = {"resnet50": PSPNetConfig(), "efficientnet_lite0": PSPNetConfig(width=128, output_stride=16),
-           "efficientnet_lite2": PSPNetConfig(width=128, output_stride=16)}
+           "efficientnet_lite2": PSPNetConfig(width=128, output_stride=16),
+           "mobilenet_edgetpu": PSPNetConfig(width=128, output_stride=16)}
 
 
 def build_pspnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, aux: bool = True,
@@ -112,5 +113,4 @@ for _bb, _cfg in CONFIGS.items():
         name=f"pspnet_{_bb}", arch="pspnet", order=90, title="PSPNet", backbone=_bb, output_stride=_cfg.output_stride,
         paper="Pyramid Scene Parsing Network", year=2016, arxiv="1612.01105", voc12_miou=85.4,
         key_idea="A pyramid pooling module pools the last feature map into 1, 2, 3 and 6 bins for global scene context.",
-        builder=partial(build_pspnet, backbone=_bb), compact=_bb == "efficientnet_lite0", aux=_cfg.aux, config=_cfg,
-        trial=_bb == "efficientnet_lite2"))
+        builder=partial(build_pspnet, backbone=_bb), aux=_cfg.aux, config=_cfg))

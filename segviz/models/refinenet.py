@@ -106,7 +106,8 @@ class RefineNet(SegmentationModel):
         return self.head(r1)  # (N, num_classes, H/4, W/4), upsampled by the base forward
 
 
-CONFIGS = {"resnet101": RefineNetConfig(), "efficientnet_lite0": RefineNetConfig((96, 64, 48, 32), final_rcus=1)}
+CONFIGS = {"resnet101": RefineNetConfig(), "efficientnet_lite0": RefineNetConfig((96, 64, 48, 32), final_rcus=1),
+           "mobilenet_edgetpu": RefineNetConfig((96, 64, 48, 32), final_rcus=1)}
 
 
 def build_refinenet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -121,4 +122,4 @@ for _bb, _cfg in CONFIGS.items():
         arxiv="1611.06612", voc12_miou=84.2,
         key_idea="Multi-path refinement: residual conv units, multi-resolution fusion and chained residual pooling "
                  "fuse every backbone level from coarse to fine, without dilation.",
-        builder=partial(build_refinenet, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))
+        builder=partial(build_refinenet, backbone=_bb), config=_cfg))

@@ -119,6 +119,7 @@ class SegNet(SegmentationModel):
 CONFIGS = {"vgg16": SegNetConfig(),
            "efficientnet_lite0": SegNetConfig(pooled=(True, True, True, True, False), convs_per_level=(2,) * 5,
                                               batch_norm_backbone=False, parallel_pools=True)}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_segnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -131,8 +132,8 @@ def build_segnet(*, backbone: str, num_classes: int = 21, backbone_weights: str 
 for _bb, _cfg in CONFIGS.items():
     register(ModelSpec(
         name=f"segnet_{_bb}", arch="segnet", order=40, title="SegNet", backbone=_bb,
-        output_stride=2 if _bb == "efficientnet_lite0" else 1,  # the decoder ends at the encoder's first level
+        output_stride=2 if _cfg.parallel_pools else 1,  # the decoder ends at the encoder's first level
         paper="SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image Segmentation", year=2015,
         arxiv="1511.00561", voc12_miou=59.9,
         key_idea="The decoder upsamples with the encoder's max-pooling indices, so nothing is learned for upsampling.",
-        builder=partial(build_segnet, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))
+        builder=partial(build_segnet, backbone=_bb), config=_cfg))

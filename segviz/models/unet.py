@@ -89,7 +89,7 @@ class UNet(SegmentationModel):
         return self.classifier(y)  # (N, num_classes, H, W) for the vanilla U-Net, H/2 x W/2 for the compact one
 
 
-CONFIGS = {"vanilla": UNetConfig(paper_encoder=True, batch_norm=False), "efficientnet_lite0": UNetConfig()}
+CONFIGS = {"vanilla": UNetConfig(paper_encoder=True, batch_norm=False), "efficientnet_lite0": UNetConfig(), "mobilenet_edgetpu": UNetConfig()}
 
 
 def build_unet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -111,4 +111,4 @@ for _bb, _cfg in CONFIGS.items():
         paper="U-Net: Convolutional Networks for Biomedical Image Segmentation", year=2015, arxiv="1505.04597",
         voc12_miou=None,
         key_idea="A symmetric encoder-decoder: every decoder level concatenates the encoder map of the same size.",
-        builder=partial(build_unet, backbone=_bb), compact=_bb == "efficientnet_lite0", config=_cfg))
+        builder=partial(build_unet, backbone=_bb), config=_cfg))
