@@ -231,7 +231,8 @@ def cmd_eval(args) -> int:
 
     model = load_model(args.model, weights=args.weights, device=args.device)
     data = CamVid(args.data, args.split, limit=args.limit)
-    result = evaluate(model, data, next(model.parameters()).device, progress=not args.json, tta=args.tta)
+    result = evaluate(model, data, next(model.parameters()).device, progress=not args.json, tta=args.tta,
+                      input_scale=args.input_scale)
     result.update(model=args.model, split=args.split, sequences=data.sequences(),
                   trained_on=_trained_on_count(args, data))
     if args.json:
@@ -239,6 +240,7 @@ def cmd_eval(args) -> int:
         return 0
     seqs = ", ".join(f"{k} {v}" for k, v in result["sequences"].items())
     how = f"; scales {', '.join(f'{x:g}' for x in result['tta']['scales'])} and mirrored, averaged" if args.tta else ""
+    how += f"; the model ran on the frames resized by {args.input_scale:g}" if args.input_scale != 1 else ""
     print(f"{args.model} on CamVid {args.split} ({result['images']} images: {seqs}; full resolution{how})")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
@@ -599,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true",
                    help="average the predictions at scales 0.75, 1, 1.25 and their mirror images (DeepLab v3's "
                         "multi-scale + flip inference; 6 forwards per image)")
+    e.add_argument("--input-scale", type=_float_in(0.25, 4), default=1.0,
+                   help="run the model on each frame resized by this factor (e.g. 2: CamVid's 720x960 originals' size), "
+                        "scoring at the frame's own size")
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

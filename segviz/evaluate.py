@@ -97,19 +97,27 @@ def predict_probs_tta(model, image: np.ndarray, scales=TTA_SCALES, flip: bool = 
     return total / (len(scales) * (2 if flip else 1))
 
 
-def evaluate(model, dataset, device="cpu", progress: bool = True, tta: bool = False) -> dict:
-    """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (full resolution); with ``tta``, of
-    the predictions averaged over :data:`TTA_SCALES` and their mirror images."""
+def evaluate(model, dataset, device="cpu", progress: bool = True, tta: bool = False, input_scale: float = 1.0) -> dict:
+    """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (scored at full resolution); with ``tta``,
+    of the predictions averaged over :data:`TTA_SCALES` and their mirror images; with ``input_scale``, of one
+    forward on each frame resized by that factor (bilinear), its logits resized back."""
+    if tta and input_scale != 1:
+        raise ValueError("choose --tta or --input-scale, not both")
     model.eval()
     n = dataset.labels.num_classes
     cm = np.zeros((n, n), np.int64)
     for image, target in tqdm(dataset, desc="eval", disable=not progress, leave=False):
-        out = predict_probs_tta(model, image, device=device) if tta else predict_logits(model, image, device)
+        if tta or input_scale != 1:
+            out = predict_probs_tta(model, image, scales=TTA_SCALES if tta else (input_scale,), flip=tta, device=device)
+        else:
+            out = predict_logits(model, image, device)
         cm += confusion_matrix(labels_of(out), target, n)
     result = scores(cm, dataset.labels.classes)
     result["images"] = len(dataset)
     if tta:
         result["tta"] = {"scales": list(TTA_SCALES), "flip": True}
+    if input_scale != 1:
+        result["input_scale"] = input_scale
     return result
 
 

@@ -292,6 +292,32 @@ def test_eval_tta_scores_the_averaged_predictions(capsys, camvid_root):
     assert result["miou"] == want["miou"] and result["per_class_iou"] == want["per_class_iou"]
 
 
+def test_eval_input_scale_runs_the_model_on_the_resized_frame_and_scores_at_its_size(capsys, camvid_root):
+    import torch.nn.functional as F
+
+    from segviz.data.camvid import CamVid
+    from segviz.evaluate import labels_of, logits_of, to_tensor
+    from segviz.inference import load_model
+    from segviz.metrics import confusion_matrix, scores
+
+    code, out, _ = run(capsys, "eval", "--model", "fcn8s_efficientnet_lite0.camvid", "--data", str(camvid_root),
+                       "--split", "seq:0006R0", "--limit", "1", "--input-scale", "1.5", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["input_scale"] == 1.5
+    image, target = CamVid(camvid_root, "seq:0006R0", limit=1)[0]
+    model = load_model("fcn8s_efficientnet_lite0.camvid")
+    x = F.interpolate(model.normalize(to_tensor(image)), size=(540, 720), mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits_of(model, x), size=image.shape[:2], mode="bilinear", align_corners=False)
+    want = scores(confusion_matrix(labels_of(logits), target, 11), CamVid(camvid_root, "val").labels.classes)
+    assert result["miou"] == want["miou"] and result["per_class_iou"] == want["per_class_iou"]
+    plain = json.loads(run(capsys, "eval", "--model", "fcn8s_efficientnet_lite0.camvid", "--data", str(camvid_root),
+                           "--split", "seq:0006R0", "--limit", "1", "--json")[1])
+    assert plain["miou"] != result["miou"] and "input_scale" not in plain
+    code, _, err = run(capsys, "eval", "--model", "fcn8s_efficientnet_lite0.camvid", "--data", str(camvid_root),
+                       "--limit", "1", "--tta", "--input-scale", "2")
+    assert code != 0 and "choose --tta or --input-scale" in err
+
+
 def test_eval_says_how_many_frames_the_bundled_model_trained_on(capsys, camvid_root):
     from segviz import records
     from segviz.data.camvid import CamVid
