@@ -42,6 +42,19 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
             "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
 
 
+def heldout_of(source: str | os.PathLike, model: str) -> dict:
+    """The held-out validation of ``model``'s recipe from ``source``: a held-out run's folder
+    (:func:`heldout_scores`), or a file :func:`record_trial` wrote (assets/trial_heldout.json), whose entry for
+    ``model`` holds the same scores of a run whose folder need not be kept."""
+    source = Path(source)
+    if source.suffix != ".json":
+        return heldout_scores(source)
+    entry = next((r for r in json.loads(source.read_text()) if r["model"] == model), None)
+    if entry is None:
+        raise ValueError(f"{source} records no held-out run of {model}")
+    return {k: v for k, v in entry.items() if k not in ("model", "miou_at_input_scale", "command")}
+
+
 def run_directory(path: str | os.PathLike) -> Path:
     """A training run's folder: ``path`` itself when it holds recipe.json, else its one subfolder that does
     (``train --out DIR`` writes DIR/MODEL/)."""
@@ -181,3 +194,34 @@ def _write_entry(manifest: Path, record: str, entry: dict):
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=1) + "\n")
     os.replace(tmp, manifest)
+
+
+TRIAL_FILE = "trial_heldout.json"  # in assets/: the held-out runs of the trial backbones' configurations
+
+
+def record_trial(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, input_scales=(1.5, 2.0), data=None,
+                 limit: int | None = None) -> dict:
+    """Record a held-out run of a trial backbone's configuration (``registry.TRIAL_BACKBONES``) in
+    assets/trial_heldout.json: its :func:`heldout_scores` and, for each of ``input_scales``, the held-out mIoU of
+    its kept weights run on the frames resized by that factor (``eval --input-scale``). An earlier entry of the
+    same model is replaced. ``limit``: score only the split's first frames (tests)."""
+    from . import PROJECT_ROOT
+
+    run_dir = Path(run_dir)
+    path = Path(path or PROJECT_ROOT / "assets" / TRIAL_FILE)
+    scores = heldout_scores(run_dir)
+    name = scores["recipe"]["model"]
+    spec = registry.get_spec(name)
+    if not spec.trial:
+        raise ValueError(f"{name} is not a trial configuration (its backbone is not one of {registry.TRIAL_BACKBONES})")
+    data_set = CamVid(data, scores["split"], limit=limit)
+    model = load_safetensors(registry.build(name, num_classes=data_set.labels.num_classes), run_dir / "best.safetensors")
+    entry = {"model": name, **scores, "miou_at_input_scale": {
+        f"{s:g}": round(evaluate(model, data_set, progress=False, input_scale=s)["miou"], 2) for s in input_scales},
+        "command": "python -m segviz weights trial --heldout-run RUN"}
+    rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["model"] != name] + [entry]
+    rows.sort(key=lambda r: (registry.get_spec(r["model"]).order, r["model"]))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    os.replace(tmp, path)
+    return entry

@@ -348,21 +348,31 @@ def cmd_weights(args) -> int:
         print(f"{args.model}: {path}")
         return 0
     if args.action == "heldout":
-        from .bundle import heldout_scores, record_heldout
+        from .bundle import heldout_of, record_heldout
 
         if not (args.model_opt and args.heldout_run):
             raise ValueError("weights heldout needs --model RECORD and --heldout-run RUN")
-        held = record_heldout(records.get(args.model_opt).name, heldout_scores(args.heldout_run))["heldout"]
+        record = records.get(args.model_opt)
+        held = record_heldout(record.name, heldout_of(args.heldout_run, record.network))["heldout"]
         print(f"{args.model_opt}: held-out {held['split']} mIoU {held['miou']} (epoch {held['epoch']}), "
               f"last epoch {held['last_miou']}")
         return 0
+    if args.action == "trial":
+        from .bundle import record_trial
+
+        if not args.heldout_run:
+            raise ValueError("weights trial needs --heldout-run RUN (a held-out run of a trial configuration)")
+        t = record_trial(args.heldout_run, data=args.data)
+        print(f"{t['model']}: held-out {t['split']} mIoU {t['miou']} (epoch {t['epoch']}), at input scale "
+              + ", ".join(f"{k}: {v}" for k, v in t["miou_at_input_scale"].items()))
+        return 0
     if args.action == "bundle":
-        from .bundle import bundle, heldout_scores
+        from .bundle import bundle, heldout_of
 
         args.model = args.model_opt or args.model
         if not args.model:
             raise ValueError("weights bundle needs --model NAME (a registry name) and --run RUN")
-        heldout = heldout_scores(args.heldout_run) if args.heldout_run else None
+        heldout = heldout_of(args.heldout_run, args.model) if args.heldout_run else None
         entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout)
         held = entry.get("heldout")
         print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...; "
@@ -453,7 +463,7 @@ def frames_words(split: str) -> str:
 def cmd_report(args) -> int:
     """Markdown tables for the README from the records, assets/bench.json and assets/crf.json; with --runs,
     the ablation table of those training runs instead."""
-    from . import PROJECT_ROOT, records
+    from . import PROJECT_ROOT, records, registry
 
     if args.runs:
         from .bundle import runs_table
@@ -522,6 +532,22 @@ def cmd_report(args) -> int:
         print("|---|---|---|---|")
         for r in rows:
             print(f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |")
+    trial_file = PROJECT_ROOT / "assets" / "trial_heldout.json"  # held-out runs of a trial backbone's configurations
+    if trial_file.exists():
+        bundled = {r.spec.arch: r for r in trained}
+        rows = json.loads(trial_file.read_text())
+        scales = sorted({k for t in rows for k in t.get("miou_at_input_scale", {})}, key=float)
+        print("\n| architecture | bundled (held out) | on trial (held out) | gain | "
+              + "".join(f"trial, input x{k} | " for k in scales) + "trial backbone |")
+        print("|---" * (5 + len(scales)) + "|")
+        for t in rows:  # `eval --input-scale S` of the same run: the model run on the frames enlarged S times
+            arch = registry.get_spec(t["model"]).arch
+            mine = bundled[arch].metrics.get("heldout") if arch in bundled else None
+            base, gain = (f"{mine['miou']:.2f}", f"{t['miou'] - mine['miou']:+.2f}") if mine else ("-", "-")
+            at = t.get("miou_at_input_scale", {})
+            print(f"| {arch} | {base} | {t['miou']:.2f} ({t['epoch']}) | {gain} | "
+                  + "".join(f"{at[k]:.2f} | " if k in at else "- | " for k in scales)
+                  + f"{registry.get_spec(t['model']).backbone} |")
     return 0
 
 
@@ -631,15 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     rv.set_defaults(func=cmd_review)
 
     w = sub.add_parser("weights", help="list bundled weights, or bundle a finished training run")
-    w.add_argument("action", choices=["list", "bundle", "heldout", "download"],
-                   help="heldout: record a held-out run's scores for an already bundled model (--model, --heldout-run)")
+    w.add_argument("action", choices=["list", "bundle", "heldout", "trial", "download"],
+                   help="heldout: record a held-out run's scores for an already bundled model (--model, --heldout-run); "
+                        "trial: record a trial backbone's held-out run in assets/trial_heldout.json (--heldout-run)")
     w.add_argument("model", nargs="?", help="download: a VOC model (deeplabv3_mnv2.voc, deeplabv3_resnet50.voc, ...) or "
                                              "mobilenet_edgetpu.cityscapes, a backbone's pretrained weights")
     w.add_argument("--model", dest="model_opt", help="bundle: the registry name")
     w.add_argument("--url", default=None, help="download: a mirror URL of the file")
     w.add_argument("--run", default=None, help="with bundle: the run folder (default runs/MODEL)")
     w.add_argument("--heldout-run", default=None,
-                   help="with bundle: the run folder of the same recipe with a sequence held out (its score is recorded)")
+                   help="with bundle: the run folder of the same recipe with a sequence held out (its score is recorded), "
+                        "or assets/trial_heldout.json, where `weights trial` recorded one")
     w.add_argument("--data", default=None)
     w.set_defaults(func=cmd_weights)
 

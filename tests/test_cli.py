@@ -168,6 +168,14 @@ def test_report_prints_the_bundled_models(capsys):
         assert (r["split"], r["weights_sha256"]) == (h["split"], h["weights_sha256"]), r["model"]
         assert r["miou"] == pytest.approx(h["miou"], abs=0.01) and r["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
         assert f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |" in out
+    trial = json.loads((ROOT / "assets" / "trial_heldout.json").read_text())
+    by_arch = {registry.get_spec(m).arch: h for m, h in held.items()}
+    assert {registry.get_spec(t["model"]).backbone for t in trial} <= set(registry.TRIAL_BACKBONES)
+    for t in trial:  # each trial run against the bundled architecture's held-out run, on the same frames
+        arch, at = registry.get_spec(t["model"]).arch, t["miou_at_input_scale"]
+        assert t["split"] == by_arch[arch]["split"] and t["recipe"]["val_split"] == t["split"]
+        assert (f"| {arch} | {by_arch[arch]['miou']:.2f} | {t['miou']:.2f} ({t['epoch']}) | "
+                f"{t['miou'] - by_arch[arch]['miou']:+.2f} | {at['1.5']:.2f} | {at['2']:.2f} |") in out
 
 
 def test_bad_size_is_refused(capsys):
@@ -243,6 +251,7 @@ def test_models_json_fields_match_assets(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["weights", "download"], "weights download needs a model: deeplabv3_mnv2.voc"),
     (["weights", "bundle"], "weights bundle needs --model NAME"),
+    (["weights", "trial"], "weights trial needs --heldout-run RUN"),
 ])
 def test_weights_actions_without_a_model_say_so_in_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

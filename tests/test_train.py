@@ -394,3 +394,39 @@ def test_the_layout_probe_takes_turns_and_keeps_each_layouts_fastest_step():
     assert faster_memory_format(Net(), x, y, rounds=1, clock=scripted(burst[:4])) == torch.contiguous_format
     steady = [9.0, 9.0, 1.5, 2.5, 1.6, 2.4, 1.4, 2.6]
     assert faster_memory_format(Net(), x, y, clock=scripted(steady)) == torch.contiguous_format
+
+
+def test_a_trial_backbones_held_out_run_is_recorded_with_its_score_at_a_larger_input(camvid_root, tmp_path):
+    """`weights trial --heldout-run RUN`: the held-out scores of a trial configuration's run, and its kept weights'
+    mIoU with the frames enlarged (`eval --input-scale`), in the trial asset, from which `weights bundle` can take
+    them later; another backbone's run is refused."""
+    from segviz.bundle import heldout_of, heldout_scores, record_trial
+    from segviz.data.camvid import CamVid
+    from segviz.evaluate import evaluate
+    from segviz.registry import build
+    from segviz.weights import load_safetensors
+
+    trial = "fcn8s_mobilenet_edgetpu"
+    recipe = Recipe(model=trial, epochs=1, batch_size=2, crop=(64, 96), eval_every=1,
+                    train_split="noseq:0006R0", val_split="seq:0006R0")
+    train(recipe, data=camvid_root, out=tmp_path / "runs", limit=2, progress=False, workers=0)
+    run, asset = tmp_path / "runs" / trial, tmp_path / "trial.json"
+    entry = record_trial(run, asset, input_scales=(1.5,), data=camvid_root, limit=2)
+    model = load_safetensors(build(trial, num_classes=11), run / "best.safetensors")
+    frames = CamVid(camvid_root, "seq:0006R0", limit=2)
+    assert entry == {"model": trial, **heldout_scores(run), "command": entry["command"], "miou_at_input_scale": {
+        "1.5": round(evaluate(model, frames, progress=False, input_scale=1.5)["miou"], 2)}}
+    assert json.loads(asset.read_text()) == [entry]
+    record_trial(run, asset, input_scales=(1.5,), data=camvid_root, limit=2)  # recorded again: replaced, not added
+    assert json.loads(asset.read_text()) == [entry]
+    # `weights bundle --heldout-run assets/trial_heldout.json` takes the run's scores from there once its folder is gone
+    assert heldout_of(asset, trial) == heldout_of(run, trial) == heldout_scores(run)
+    with pytest.raises(ValueError, match="records no held-out run of unet_mobilenet_edgetpu"):
+        heldout_of(asset, "unet_mobilenet_edgetpu")
+    lite0 = tmp_path / "lite0"
+    lite0.mkdir()
+    (lite0 / "recipe.json").write_text(json.dumps({**json.loads((run / "recipe.json").read_text()), "model": MODEL}))
+    (lite0 / "log.jsonl").write_text((run / "log.jsonl").read_text())
+    with pytest.raises(ValueError, match="not a trial configuration"):
+        record_trial(lite0, asset, data=camvid_root, limit=2)
+    assert json.loads(asset.read_text()) == [entry]
