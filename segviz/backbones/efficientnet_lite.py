@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, dilate_past
 
 # (kernel, stride, expand ratio, in channels, out channels, repeats) per stage. Lite2 is Lite0 scaled by
 # width 1.1 and depth 1.2 (channels rounded to multiples of 8), the first and last stages unscaled
@@ -98,22 +98,8 @@ class EfficientNetLite(Backbone):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Swap strides for dilation after ``output_stride`` (DeepLab's atrous trick)."""
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        dilate_past(output_stride, [block.depthwise[0] for block in self.blocks], self.down_blocks)
         self.output_stride = output_stride
-        stride, rate = 2, 1
-        for i, block in enumerate(self.blocks):
-            conv = block.depthwise[0]
-            step = 1
-            if i in self.down_blocks:
-                if stride < output_stride:
-                    stride, step = stride * 2, 2
-                else:
-                    rate *= 2
-            # The first block of a dilated stage keeps the previous rate (as torchvision's ResNet).
-            d = 1 if step == 2 else (rate // 2 if i in self.down_blocks else rate)
-            conv.stride, conv.dilation = (step, step), (d, d)
-            conv.padding = (d * (conv.kernel_size[0] // 2),) * 2
 
     def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

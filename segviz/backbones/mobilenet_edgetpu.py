@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, dilate_past
 
 FILE = "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
 SHA256 = "322fe29945cb1693f426952f2a330ab67ea5678545ddee6f2548e0cfd0ca03e5"
@@ -98,21 +98,8 @@ class MobileNetEdgeTPU(Backbone):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Swap strides for dilation after ``output_stride`` (as ``EfficientNetLite.set_output_stride``)."""
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        dilate_past(output_stride, [block.spatial[0] for block in self.blocks], self.down_blocks)
         self.output_stride = output_stride
-        stride, rate = 2, 1
-        for i, block in enumerate(self.blocks):
-            c = block.spatial[0]
-            step = 1
-            if i in self.down_blocks:
-                if stride < output_stride:
-                    stride, step = stride * 2, 2
-                else:
-                    rate *= 2
-            d = 1 if step == 2 else (rate // 2 if i in self.down_blocks else rate)
-            c.stride, c.dilation = (step, step), (d, d)
-            c.padding = (d * (c.kernel_size[0] // 2),) * 2
 
     def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
