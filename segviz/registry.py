@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # importing the registry does not import torch (listing recor
 # The backbone of the compact configurations, the ones trained on CamVid and bundled.
 COMPACT_BACKBONE = "efficientnet_lite0"
 # Backbones tried against it: their configurations are trained with a sequence held out and bundled only if they
-# pay (README, "Other backbones, on trial").
+# pay (README, the "on trial" paragraphs of "Validation that predicts quality on unseen drives").
 TRIAL_BACKBONES = ("efficientnet_lite2", "mobilenet_edgetpu")
 
 
@@ -30,8 +30,8 @@ class ModelSpec:
     key_idea: str
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
     order: int = 0  # position in the 2017 review's story (FCN first, U-Net last); ties keep faithful before compact
-    compact: bool = False  # set from the backbone: a COMPACT_BACKBONE configuration, trained and bundled
-    trial: bool = False  # set from the backbone: a TRIAL_BACKBONES one, trained held out, bundled only if it pays
+    compact: bool = field(default=False, init=False)  # from the backbone: COMPACT_BACKBONE, trained and bundled
+    trial: bool = field(default=False, init=False)  # from the backbone: TRIAL_BACKBONES, bundled only if it pays
     aux: bool = False  # returns an auxiliary head's logits as "aux" in train mode
     config: object = field(default=None, repr=False, compare=False)  # the architecture's config dataclass
     short: str = ""  # overlay and chart labels; default: the title without its parenthesis

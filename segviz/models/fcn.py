@@ -110,5 +110,4 @@ for _order, _variant in enumerate(("32s", "16s", "8s")):
         register(ModelSpec(
             name=f"fcn{_variant}_{_bb}", arch=f"fcn{_variant}", order=10 + _order, title=f"FCN-{_variant}",
             backbone=_bb, output_stride=32 // 2 ** SKIPS[_variant], key_idea=_IDEAS[_variant],
-            builder=partial(build_fcn, variant=_variant, backbone=_bb),
-            config=_cfg, **_PAPER))
+            builder=partial(build_fcn, variant=_variant, backbone=_bb), config=_cfg, **_PAPER))
