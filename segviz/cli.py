@@ -532,7 +532,9 @@ def cmd_report(args) -> int:
         print("|---|---|---|---|")
         for r in rows:
             print(f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |")
-    trial_file = PROJECT_ROOT / "assets" / "trial_heldout.json"  # held-out runs of a trial backbone's configurations
+    from .bundle import TRIAL_FILE
+
+    trial_file = PROJECT_ROOT / "assets" / TRIAL_FILE  # held-out runs of a trial backbone's configurations
     if trial_file.exists():
         bundled = {r.spec.arch: r for r in trained}
         rows = json.loads(trial_file.read_text())
@@ -541,13 +543,12 @@ def cmd_report(args) -> int:
               + "".join(f"trial, input x{k} | " for k in scales) + "trial backbone |")
         print("|---" * (5 + len(scales)) + "|")
         for t in rows:  # `eval --input-scale S` of the same run: the model run on the frames enlarged S times
-            arch = registry.get_spec(t["model"]).arch
-            mine = bundled[arch].metrics.get("heldout") if arch in bundled else None
+            spec = registry.get_spec(t["model"])
+            mine = bundled[spec.arch].metrics.get("heldout") if spec.arch in bundled else None
             base, gain = (f"{mine['miou']:.2f}", f"{t['miou'] - mine['miou']:+.2f}") if mine else ("-", "-")
             at = t.get("miou_at_input_scale", {})
-            print(f"| {arch} | {base} | {t['miou']:.2f} ({t['epoch']}) | {gain} | "
-                  + "".join(f"{at[k]:.2f} | " if k in at else "- | " for k in scales)
-                  + f"{registry.get_spec(t['model']).backbone} |")
+            print(f"| {spec.arch} | {base} | {t['miou']:.2f} ({t['epoch']}) | {gain} | "
+                  + "".join(f"{at[k]:.2f} | " if k in at else "- | " for k in scales) + f"{spec.backbone} |")
     return 0
 
 

@@ -100,7 +100,8 @@ def predict_probs_tta(model, image: np.ndarray, scales=TTA_SCALES, flip: bool = 
 def evaluate(model, dataset, device="cpu", progress: bool = True, tta: bool = False, input_scale: float = 1.0) -> dict:
     """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (scored at full resolution); with ``tta``,
     of the predictions averaged over :data:`TTA_SCALES` and their mirror images; with ``input_scale``, of one
-    forward on each frame resized by that factor (bilinear), its logits resized back."""
+    forward on each frame resized by that factor (bilinear), its class probabilities brought back to the frame's
+    size (:func:`predict_probs_tta` with one scale and no mirror)."""
     if tta and input_scale != 1:
         raise ValueError("choose --tta or --input-scale, not both")
     model.eval()

@@ -11,8 +11,8 @@ stage dilated 2 instead of strided); ``Conv_1``, a 1x1 convolution to 1280; then
 
 Weights: every convolution's int8 weights and int32 bias are dequantised (``scale * (q - zero)``);
 batch norm is folded into them in the file, so the convolutions here carry a bias and no batch
-norm. ``tests/test_backbones.py`` checks that this module with the file's ASPP and logits
-reproduces the TFLite graph's float arithmetic, and that it segments CamVid frames zero-shot.
+norm. ``tests/test_reference_networks.py`` checks that this module with the file's ASPP and logits
+reproduces the TFLite graph's float arithmetic.
 
 Deviation from the reference: symmetric padding ``dilation * (k // 2)`` instead of TensorFlow's
 "SAME" (identical at sizes 16k+1, such as the 513x513 the model was trained on), so that strides

@@ -115,10 +115,8 @@ class DeepLabV2(SegmentationModel):
         return self.aspp(feats[4])  # (N, C5, H/8, W/8) -> (N, num_classes, H/8, W/8)
 
 
-V1_CONFIGS = {"vgg16": DeepLabV1Config(released_pools=True), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True),
-              "mobilenet_edgetpu": DeepLabV1Config(width=256, separable=True)}
-V2_CONFIGS = {"resnet101": DeepLabV2Config(), "efficientnet_lite0": DeepLabV2Config(),
-              "mobilenet_edgetpu": DeepLabV2Config()}
+V1_CONFIGS = {"vgg16": DeepLabV1Config(released_pools=True), "efficientnet_lite0": DeepLabV1Config(width=256, separable=True)}
+V2_CONFIGS = {"resnet101": DeepLabV2Config(), "efficientnet_lite0": DeepLabV2Config()}
 
 
 def build_deeplabv1(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
@@ -207,8 +205,9 @@ class DeepLabV3(SegmentationModel):
 
 
 V3_CONFIGS = {"resnet50": DeepLabV3Config(), "resnet101": DeepLabV3Config(),
-              "efficientnet_lite0": DeepLabV3Config(width=128, output_stride=16),
-              "mobilenet_edgetpu": DeepLabV3Config(width=128, output_stride=16)}
+              "efficientnet_lite0": DeepLabV3Config(width=128, output_stride=16)}
+for _configs in (V1_CONFIGS, V2_CONFIGS, V3_CONFIGS):
+    _configs["mobilenet_edgetpu"] = _configs["efficientnet_lite0"]
 
 
 def build_deeplabv3(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,

@@ -95,8 +95,8 @@ def frontend_head(backbone: nn.Module, num_classes: int, config: DilationConfig,
                          nn.Dropout2d(0.1), nn.Conv2d(w, num_classes, 1))
 
 
-CONFIGS = {"vgg16": DilationConfig(), "efficientnet_lite0": DilationConfig(convolutionalised_fc=False, fc_width=256),
-           "mobilenet_edgetpu": DilationConfig(convolutionalised_fc=False, fc_width=256)}
+CONFIGS = {"vgg16": DilationConfig(), "efficientnet_lite0": DilationConfig(convolutionalised_fc=False, fc_width=256)}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_dilation(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,

@@ -85,8 +85,8 @@ def fcn_classifier(backbone: nn.Module, config: FCNConfig, backbone_weights: str
 
 CONFIGS = {"vgg16": FCNConfig(),
            "efficientnet_lite0": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1),
-           "efficientnet_lite2": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1),
-           "mobilenet_edgetpu": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1)}
+           "efficientnet_lite2": FCNConfig(convolutionalised_fc=False, fc_width=1280, dropout=0.1)}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_fcn(*, variant: str, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,

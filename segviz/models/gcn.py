@@ -75,8 +75,8 @@ class GCN(SegmentationModel):
         return crop_to(y, size)
 
 
-CONFIGS = {"resnet101": GCNConfig(), "efficientnet_lite0": GCNConfig(),
-           "mobilenet_edgetpu": GCNConfig()}
+CONFIGS = {"resnet101": GCNConfig(), "efficientnet_lite0": GCNConfig()}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_gcn(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, k: int | None = None,

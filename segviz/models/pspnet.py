@@ -97,8 +97,8 @@ class PSPNet(SegmentationModel):
 
 # Compact: output stride 16 (8 would triple EfficientNet-Lite0's cost on a CPU), a 128-channel conv.
 CONFIGS = {"resnet50": PSPNetConfig(), "efficientnet_lite0": PSPNetConfig(width=128, output_stride=16),
-           "efficientnet_lite2": PSPNetConfig(width=128, output_stride=16),
-           "mobilenet_edgetpu": PSPNetConfig(width=128, output_stride=16)}
+           "efficientnet_lite2": PSPNetConfig(width=128, output_stride=16)}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_pspnet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None, aux: bool = True,

@@ -106,8 +106,8 @@ class RefineNet(SegmentationModel):
         return self.head(r1)  # (N, num_classes, H/4, W/4), upsampled by the base forward
 
 
-CONFIGS = {"resnet101": RefineNetConfig(), "efficientnet_lite0": RefineNetConfig((96, 64, 48, 32), final_rcus=1),
-           "mobilenet_edgetpu": RefineNetConfig((96, 64, 48, 32), final_rcus=1)}
+CONFIGS = {"resnet101": RefineNetConfig(), "efficientnet_lite0": RefineNetConfig((96, 64, 48, 32), final_rcus=1)}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_refinenet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,

@@ -89,7 +89,8 @@ class UNet(SegmentationModel):
         return self.classifier(y)  # (N, num_classes, H, W) for the vanilla U-Net, H/2 x W/2 for the compact one
 
 
-CONFIGS = {"vanilla": UNetConfig(paper_encoder=True, batch_norm=False), "efficientnet_lite0": UNetConfig(), "mobilenet_edgetpu": UNetConfig()}
+CONFIGS = {"vanilla": UNetConfig(paper_encoder=True, batch_norm=False), "efficientnet_lite0": UNetConfig()}
+CONFIGS["mobilenet_edgetpu"] = CONFIGS["efficientnet_lite0"]
 
 
 def build_unet(*, backbone: str, num_classes: int = 21, backbone_weights: str | None = None,
