@@ -45,14 +45,14 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
 def heldout_of(source: str | os.PathLike, model: str) -> dict:
     """The held-out validation of ``model``'s recipe from ``source``: a held-out run's folder
     (:func:`heldout_scores`), or a file :func:`record_trial` wrote (assets/trial_heldout.json), whose entry for
-    ``model`` holds the same scores of a run whose folder need not be kept."""
+    ``model`` holds the same scores of a run whose folder need not be kept, and its mIoU at other input scales."""
     source = Path(source)
     if source.suffix != ".json":
         return heldout_scores(source)
     entry = next((r for r in json.loads(source.read_text()) if r["model"] == model), None)
     if entry is None:
         raise ValueError(f"{source} records no held-out run of {model}")
-    return {k: v for k, v in entry.items() if k not in ("model", "miou_at_input_scale", "command")}
+    return {k: v for k, v in entry.items() if k not in ("model", "command")}
 
 
 def run_directory(path: str | os.PathLike) -> Path:

@@ -536,19 +536,27 @@ def cmd_report(args) -> int:
 
     trial_file = PROJECT_ROOT / "assets" / TRIAL_FILE  # held-out runs of a trial backbone's configurations
     if trial_file.exists():
-        bundled = {r.spec.arch: r for r in trained}
+        held = {r.spec.arch: r.metrics["heldout"] for r in trained if "heldout" in r.metrics}
         rows = json.loads(trial_file.read_text())
-        scales = sorted({k for t in rows for k in t.get("miou_at_input_scale", {})}, key=float)
-        print("\n| architecture | bundled (held out) | on trial (held out) | gain | "
-              + "".join(f"trial, input x{k} | " for k in scales) + "trial backbone |")
-        print("|---" * (5 + len(scales)) + "|")
-        for t in rows:  # `eval --input-scale S` of the same run: the model run on the frames enlarged S times
+
+        def scales_of(entries):  # `eval --input-scale S` of the same run: the model run on the frames enlarged S times
+            return sorted({k for e in entries for k in e.get("miou_at_input_scale", {})}, key=float)
+
+        def at_scales(entry, scales):
+            at = (entry or {}).get("miou_at_input_scale", {})
+            return "".join(f"{at[k]:.2f} | " if k in at else "- | " for k in scales)
+
+        mine, theirs = scales_of(held.values()), scales_of(rows)
+        print("\n| architecture | bundled (held out) | " + "".join(f"bundled, input x{k} | " for k in mine)
+              + "on trial (held out) | trial - bundled | " + "".join(f"trial, input x{k} | " for k in theirs)
+              + "trial backbone |")
+        print("|---" * (5 + len(mine) + len(theirs)) + "|")
+        for t in rows:
             spec = registry.get_spec(t["model"])
-            mine = bundled[spec.arch].metrics.get("heldout") if spec.arch in bundled else None
-            base, gain = (f"{mine['miou']:.2f}", f"{t['miou'] - mine['miou']:+.2f}") if mine else ("-", "-")
-            at = t.get("miou_at_input_scale", {})
-            print(f"| {spec.arch} | {base} | {t['miou']:.2f} ({t['epoch']}) | {gain} | "
-                  + "".join(f"{at[k]:.2f} | " if k in at else "- | " for k in scales) + f"{spec.backbone} |")
+            h = held.get(spec.arch)
+            base, change = (f"{h['miou']:.2f}", f"{t['miou'] - h['miou']:+.2f}") if h else ("-", "-")
+            print(f"| {spec.arch} | {base} | {at_scales(h, mine)}{t['miou']:.2f} ({t['epoch']}) | {change} | "
+                  f"{at_scales(t, theirs)}{spec.backbone} |")
     return 0
 
 
@@ -603,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="label maps (+ overlays) of image files, for one or more models")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--model", action="append", required=True,
-                    help="a trained model (repeat for several): fcn8s_efficientnet_lite0.camvid, deeplabv3_mnv2.voc, ...")
+                    help="a trained model (repeat for several): fcn8s_mobilenet_edgetpu.camvid, deeplabv3_mnv2.voc, ...")
     pr.add_argument("--out", required=True, help="writes OUT/<model>/<image stem>.png and <stem>_overlay.png")
     pr.add_argument("--crf", action="store_true", help="refine with the dense CRF (the model set's preset, segviz.crf.PRESETS)")
     pr.add_argument("--opacity", type=_float_in(0, 1), default=0.6, help="mask opacity of the overlays")
@@ -618,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("eval", help="evaluate a model on a CamVid split at full resolution")
-    e.add_argument("--model", required=True, help="a trained model (fcn8s_efficientnet_lite0.camvid), or with "
+    e.add_argument("--model", required=True, help="a trained model (fcn8s_mobilenet_edgetpu.camvid), or with "
                                                    "--weights any registry key")
     e.add_argument("--data", default=None)
     e.add_argument("--split", default="val",

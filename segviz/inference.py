@@ -30,7 +30,7 @@ _model_lock = threading.RLock()
 def _load_model(name: str, weights: str | None, device: str | None, manifest: str) -> torch.nn.Module:
     """A trained model in eval mode on ``device`` (default: CUDA when present), in the memory layout
     torch runs it fastest in on this machine (:func:`segviz.backends.torch_layout`). ``name`` is a record
-    (``fcn8s_efficientnet_lite0.camvid``, or a registry key with one record); its weights are
+    (``fcn8s_mobilenet_edgetpu.camvid``, or a registry key with one record); its weights are
     sha256-checked. With ``weights`` (a safetensors file), ``name`` may be any registry key.
     Cached per arguments."""
     if weights is None:

@@ -2,7 +2,7 @@
 
 For each image and model it writes ``OUT/<model>/<image stem>.png`` (one class id per pixel, at
 the image's own size) and ``OUT/<model>/<image stem>_overlay.png`` (the coloured mask over the
-image). Models are records of either set (``fcn8s_efficientnet_lite0.camvid``,
+image). Models are records of either set (``fcn8s_mobilenet_edgetpu.camvid``,
 ``deeplabv3_mnv2.voc``) or registry keys with one record. Files are written atomically.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One record per trained model: an architecture with weights trained on one dataset.
 
-A record is named ``<network>.<dataset>`` (``fcn8s_efficientnet_lite0.camvid``,
+A record is named ``<network>.<dataset>`` (``fcn8s_mobilenet_edgetpu.camvid``,
 ``deeplabv3_mnv2.voc``) and holds everything segviz knows about that model: the network
 (a registry key, or a foreign network's name), the label set, where its weights live and
 their sha256, what we measured and what the papers published. Everything that lists,
@@ -164,7 +164,7 @@ def records(dataset: str | None = None, manifest: str | Path | None = None) -> l
 
 
 def get(name: str, manifest: str | Path | None = None) -> Record:
-    """The record called ``name``; a registry key with exactly one record (``fcn8s_efficientnet_lite0``)
+    """The record called ``name``; a registry key with exactly one record (``fcn8s_mobilenet_edgetpu``)
     stands for that record."""
     every = all_records(manifest)
     by_name = {r.name: r for r in every}

@@ -79,7 +79,7 @@ def test_multi_scale_and_flip_averaging_is_mirror_symmetric_and_reduces_to_one_f
 
     from segviz.evaluate import predict_probs_tta
 
-    model = load_model("fcn8s_efficientnet_lite0.camvid")
+    model = load_model("fcn8s_mobilenet_edgetpu.camvid")
     image = np.asarray(Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).resize((240, 176)))
     plain = predict_logits(model, image).softmax(1)
     assert torch.allclose(predict_probs_tta(model, image, scales=(1.0,), flip=False), plain, atol=1e-6)

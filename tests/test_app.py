@@ -34,8 +34,8 @@ def frame(camvid_root):
 
 
 def test_short_titles_come_from_the_specs():
-    assert records.get("gcn_efficientnet_lite0.camvid").short == "GCN"
-    assert records.get("deeplabv2_efficientnet_lite0.camvid").short == "DeepLab v2"  # "DeepLab v2 (ASPP)"
+    assert records.get("gcn_mobilenet_edgetpu.camvid").short == "GCN"
+    assert records.get("deeplabv2_mobilenet_edgetpu.camvid").short == "DeepLab v2"  # "DeepLab v2 (ASPP)"
     assert records.get("deeplabv3_mnv2.voc").short == "DeepLab v3 MobileNetV2"
     assert all(len(t) <= 12 for t in TITLES), TITLES
 
@@ -248,8 +248,8 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
             assert rows[name][col["held-out sequence mIoU (ours)"]].startswith(str(entry["heldout"]["miou"]))
         assert rows[name][col["trained on"]] == "camvid"
     review = col["VOC12 test mIoU (review)"]
-    assert rows["fcn8s_efficientnet_lite0.camvid"][review] == 62.2  # the review's FCN figure
-    assert rows["deeplabv3_efficientnet_lite0.camvid"][review] == 85.7
+    assert rows["fcn8s_mobilenet_edgetpu.camvid"][review] == 62.2  # the review's FCN figure
+    assert rows["deeplabv3_mobilenet_edgetpu.camvid"][review] == 85.7
     assert rows["deeplabv3_mnv2.voc"][col["trained on"]] == "voc"
     # paper-faithful configurations: the papers' parameter counts and traced fields
     assert abs(rows["fcn8s_vgg16"][col["params (M)"]] - 134) < 1.5 and rows["fcn8s_vgg16"][col["output stride"]] == 8
@@ -611,7 +611,7 @@ def test_bad_uploads_through_the_api_are_one_line_messages_without_paths(server,
     client = Client(server, verbose=False)
     args = {"/compare": lambda f: (f, READY[:1], 0.6, None),
             "/receptive_field": lambda f: (f, READY[:1], "predicted", False),
-            "/dilation_taps": lambda f: (f, "deeplabv3_efficientnet_lite0")}[endpoint]
+            "/dilation_taps": lambda f: (f, "deeplabv3_mobilenet_edgetpu")}[endpoint]
     for name in sorted(BAD_UPLOADS):
         with pytest.raises(Exception) as e:
             client.predict(*args(handle_file(make_bad_upload(tmp_path, name))), api_name=endpoint)
@@ -642,7 +642,7 @@ def test_uploads_over_the_size_limit_are_refused_with_a_message(server, tmp_path
 
 # --------------------------------------------------------------------------- weights that do not load
 def _bad_weights(tmp_path, kind):
-    good = ROOT / "weights" / read_manifest()["fcn8s_efficientnet_lite0.camvid"]["file"]
+    good = ROOT / "weights" / read_manifest()["fcn8s_mobilenet_edgetpu.camvid"]["file"]
     data = good.read_bytes()
     path = tmp_path / f"{kind}.safetensors"
     if kind == "truncated":
@@ -654,7 +654,7 @@ def _bad_weights(tmp_path, kind):
         path = tmp_path / "picture.png"
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
     elif kind == "other_model":
-        path.write_bytes((ROOT / "weights" / read_manifest()["deeplabv1_efficientnet_lite0.camvid"]["file"]).read_bytes())
+        path.write_bytes((ROOT / "weights" / read_manifest()["deeplabv1_mobilenet_edgetpu.camvid"]["file"]).read_bytes())
     return str(path)
 
 
@@ -668,13 +668,13 @@ def test_bad_weights_files_are_one_line_errors(tmp_path, kind, message):
     from segviz.weights import WeightsError
 
     with pytest.raises(WeightsError, match=message) as e:
-        load_model("fcn8s_efficientnet_lite0", weights=_bad_weights(tmp_path, kind), device="cpu")
+        load_model("fcn8s_mobilenet_edgetpu", weights=_bad_weights(tmp_path, kind), device="cpu")
     assert "\n" not in str(e.value)
 
 
 @needs_weights
 def test_cli_weights_option_with_a_png_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "segviz", "eval", "--model", "fcn8s_efficientnet_lite0",
+    out = subprocess.run([sys.executable, "-m", "segviz", "eval", "--model", "fcn8s_mobilenet_edgetpu",
                           "--weights", _bad_weights(tmp_path, "png")], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
@@ -752,8 +752,8 @@ def test_dilation_taps_through_the_api_are_new_pngs_at_the_frames_size(server, f
     from gradio_client import Client, handle_file
 
     client = Client(server, verbose=False)
-    first, legend = client.predict(handle_file(frame[0]), "deeplabv3_efficientnet_lite0", api_name="/dilation_taps")
-    second, _ = client.predict(handle_file(frame[0]), "deeplabv3_efficientnet_lite0", api_name="/dilation_taps")
+    first, legend = client.predict(handle_file(frame[0]), "deeplabv3_mobilenet_edgetpu", api_name="/dilation_taps")
+    second, _ = client.predict(handle_file(frame[0]), "deeplabv3_mobilenet_edgetpu", api_name="/dilation_taps")
     assert "ASPP rate 12 (every 192 px)" in legend and "image pooling (bins)" in legend
     assert Path(first).name != Path(second).name
     for path in (first, second):

@@ -12,7 +12,7 @@ from segviz.evaluate import predict_logits
 from segviz.inference import load_model
 
 # A stride-32 FCN and an output-stride-8 dilated model (the layouts differ most on those).
-MODELS = ["fcn8s_efficientnet_lite0.camvid", "deeplabv1_efficientnet_lite0.camvid"]
+MODELS = ["fcn8s_mobilenet_edgetpu.camvid", "deeplabv1_mobilenet_edgetpu.camvid"]
 FRAMES = ["0016E5_07959.png", "0016E5_08109.png"]
 
 
@@ -143,8 +143,8 @@ def test_exportable_unpool_equals_torchs():
 
 
 # PSPNet's adaptive pooling also has its own exporter test in the default run
-@pytest.mark.parametrize("name", [pytest.param("pspnet_efficientnet_lite0", marks=pytest.mark.slow),
-                                  "segnet_efficientnet_lite0"])
+@pytest.mark.parametrize("name", [pytest.param("pspnet_mobilenet_edgetpu", marks=pytest.mark.slow),
+                                  "segnet_mobilenet_edgetpu"])
 def test_every_backend_computes_torchs_logits(name, tmp_path, monkeypatch):
     """Export (ONNX, OpenVINO) must not change what the model computes, at more than one size; a model
     without a cache key is converted in memory and leaves no model file in the temporary directory."""
@@ -188,7 +188,7 @@ def test_openvino_compiles_a_size_seen_twice_and_keeps_the_last_few(monkeypatch)
     monkeypatch.setattr(ov.Core, "compile_model", lambda self, model, *a, **k: compiled.append(
         [d.get_length() if d.is_static else -1 for d in model.input(0).get_partial_shape()]) or compile_model(self, model, *a, **k))
     monkeypatch.setattr(backends, "STATIC_SIZES", 2)
-    run = backends.make(build("fcn8s_efficientnet_lite0", num_classes=3).eval(), "openvino").fn
+    run = backends.make(build("fcn8s_mobilenet_edgetpu", num_classes=3).eval(), "openvino").fn
     sizes = [(64, 96), (64, 96), (64, 96), (32, 64), (96, 64), (64, 96), (64, 96)]
     for h, w in sizes:
         assert run(torch.randn(1, 3, h, w)).shape == (1, 3, h, w)
@@ -252,7 +252,7 @@ def test_torch_layout_is_measured_once_remembered_and_can_be_forced(monkeypatch)
     from segviz.evaluate import layout
     from segviz.registry import build
 
-    model = build("fcn8s_efficientnet_lite0", num_classes=11).eval()
+    model = build("fcn8s_mobilenet_edgetpu", num_classes=11).eval()
     calls, real = [], backends.measure
 
     def counting(*args, **kwargs):

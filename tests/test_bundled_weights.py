@@ -97,20 +97,20 @@ def test_a_flipped_data_byte_in_a_user_file_is_caught(tmp_path, capsys):
     from segviz.registry import build
     from segviz.weights import save_safetensors
 
-    model = build("fcn32s_efficientnet_lite0", num_classes=11)
+    model = build("fcn32s_mobilenet_edgetpu", num_classes=11)
     path = tmp_path / "mine.safetensors"
     save_safetensors(model, path, {"num_classes": 11})
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x10  # a byte inside the last tensor's data, not the header
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="was modified after it was saved"):
-        load_model("fcn32s_efficientnet_lite0", weights=str(path), device="cpu")
+        load_model("fcn32s_mobilenet_edgetpu", weights=str(path), device="cpu")
     # A file written without segviz's checksum loads, and says that it was not checked.
     plain = tmp_path / "plain.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(plain), metadata={"num_classes": "11"})
     with pytest.warns(UserWarning, match="records no checksum"):
-        load_model("fcn32s_efficientnet_lite0", weights=str(plain), device="cpu")
-    assert main(["eval", "--model", "fcn32s_efficientnet_lite0", "--weights", str(path), "--limit", "1"]) == 2
+        load_model("fcn32s_mobilenet_edgetpu", weights=str(plain), device="cpu")
+    assert main(["eval", "--model", "fcn32s_mobilenet_edgetpu", "--weights", str(path), "--limit", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was modified" in err
 
@@ -142,3 +142,23 @@ def test_two_threads_loading_one_model_get_one_copy(private_manifest):
     for t in threads:
         t.join()
     assert len(got) == 3 and got[0] is got[1] is got[2]
+
+
+# Bundled weights that are a held-out run's own (trained on noseq:SEQ): one per architecture, the slow ones in CI.
+OWN_RUNS = [n for n, e in read_manifest().items() if e.get("train_split", "").startswith("noseq:")]
+
+
+@pytest.mark.parametrize("name", [n if read_manifest()[n]["arch"] == "fcn8s" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in OWN_RUNS])
+def test_bundled_weights_of_a_held_out_run_score_its_held_out_column(name, camvid_root):
+    """Where the bundled file is the held-out run itself, its held-out column is a measurement of that file
+    (stored in float16) on the sequence it never trained on, not an estimate from another run."""
+    from segviz.data.camvid import CamVid
+    from segviz.evaluate import evaluate
+
+    entry = read_manifest()[name]
+    held = entry["heldout"]
+    assert held["split"] == "seq:" + entry["train_split"].removeprefix("noseq:")
+    assert entry["recipe"] == {**held["recipe"], "arch": entry["arch"]} and entry["best_epoch"] == held["epoch"]
+    result = evaluate(load_model(name, device="cpu"), CamVid(camvid_root, held["split"]), progress=False)
+    assert abs(result["miou"] - held["miou"]) <= 0.1, (result["miou"], held["miou"])

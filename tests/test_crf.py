@@ -111,7 +111,7 @@ def test_several_models_crf_in_worker_processes_equal_the_direct_call(camvid_roo
     if not AVAILABLE:
         pytest.skip("pydensecrf is not installed")
     image = np.asarray(Image.open(camvid_root / "val" / "0016E5_07971.png").convert("RGB"))
-    names = ["fcn8s_efficientnet_lite0.camvid", "fcn32s_efficientnet_lite0.camvid"]
+    names = ["fcn8s_mobilenet_edgetpu.camvid", "fcn32s_mobilenet_edgetpu.camvid"]
     params = CRFParams(iterations=2, scale=0.5)
     c = engine.compare(image, names, crf_params=params)  # two CRFs: the process pool
     for name in names:
@@ -136,7 +136,7 @@ def test_a_crf_worker_that_dies_is_replaced(camvid_root):
     with pytest.raises(Exception):
         pool.submit(os._exit, 1).result()  # the worker dies: the pool is broken
     image = np.asarray(Image.open(camvid_root / "val" / "0016E5_07971.png").convert("RGB"))[::4, ::4].copy()
-    names = ["fcn8s_efficientnet_lite0.camvid", "fcn32s_efficientnet_lite0.camvid"]
+    names = ["fcn8s_mobilenet_edgetpu.camvid", "fcn32s_mobilenet_edgetpu.camvid"]
     c = engine.compare(image, names, crf_params=CRFParams(iterations=1))
     assert set(c.refined) == set(names) and engine._crf_pool() is not pool
 
@@ -149,7 +149,7 @@ def test_crf_study_scores_what_evaluate_scores_and_tunes_on_the_first_half_only(
 
     if not AVAILABLE:
         pytest.skip("pydensecrf is not installed")
-    model = load_model("fcn8s_efficientnet_lite0.camvid")
+    model = load_model("fcn8s_mobilenet_edgetpu.camvid")
     drive = CamVid(camvid_root, "seq:0006R0", limit=31)
     four = drive.subset(range(0, 31, 10))
     only_default = crf_study(model, four, tune_every=1, progress=False, grid={"bilateral_sxy": (80.0,)})
@@ -178,7 +178,7 @@ def test_crf_tune_names_its_split_weights_and_grid(camvid_root, capsys, tmp_path
 
     if not AVAILABLE:
         pytest.skip("pydensecrf is not installed")
-    record = records.get("fcn32s_efficientnet_lite0.camvid")
+    record = records.get("fcn32s_mobilenet_edgetpu.camvid")
     one = ["--grid", "bilateral_srgb=5", "--grid", "bilateral_compat=3"]  # one setting, not the default
     assert main(["crf-tune", "--model", record.name, "--split", "seq:0006R0", "--limit", "2", "--json",
                  "--data", str(camvid_root), *one]) == 0
@@ -187,7 +187,7 @@ def test_crf_tune_names_its_split_weights_and_grid(camvid_root, capsys, tmp_path
     assert bundled["tuned_params"] == {**CRFParams().as_dict(), "bilateral_srgb": 5.0, "bilateral_compat": 3.0}
     copy = tmp_path / "w.safetensors"
     shutil.copy(WEIGHTS_DIR / record.file, copy)
-    assert main(["crf-tune", "--model", "fcn32s_efficientnet_lite0", "--weights", str(copy), "--split", "seq:0006R0",
+    assert main(["crf-tune", "--model", "fcn32s_mobilenet_edgetpu", "--weights", str(copy), "--split", "seq:0006R0",
                  "--limit", "2", "--json", "--data", str(camvid_root), *one]) == 0
     own = json.loads(capsys.readouterr().out)
     assert own["weights_sha256"] == sha256_file(copy) and own["miou"] == bundled["miou"]
@@ -232,7 +232,7 @@ def test_predict_with_the_crf_applies_the_model_sets_preset(camvid_root, tmp_pat
         pytest.skip("pydensecrf is not installed")
     small = tmp_path / "small.png"
     Image.open(camvid_root / "val" / "0016E5_07959.png").convert("RGB").resize((240, 180)).save(small)
-    name = "fcn32s_efficientnet_lite0.camvid"
+    name = "fcn32s_mobilenet_edgetpu.camvid"
     predict_files([name], [str(small)], tmp_path / "o", crf=True, progress=False, log=lambda *a: None)
     labels = np.asarray(Image.open(tmp_path / "o" / name / "small.png"))
     image = np.asarray(Image.open(small))

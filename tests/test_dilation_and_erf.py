@@ -34,14 +34,14 @@ def test_coverage_matches_the_traced_field():
 
 
 def test_model_branches_are_the_models_own():
-    aspp = model_branches("deeplabv2_efficientnet_lite0")
+    aspp = model_branches("deeplabv2_mobilenet_edgetpu")
     assert [b.rate for b in aspp] == [6, 12, 18, 24] and {b.stride for b in aspp} == {8}
-    v3 = model_branches("deeplabv3_efficientnet_lite0")
+    v3 = model_branches("deeplabv3_mobilenet_edgetpu")
     assert [b.rate for b in v3 if not b.bins][1:] == [6, 12, 18] and v3[-1].bins == 1
-    assert [b.bins for b in model_branches("pspnet_efficientnet_lite0")] == [1, 2, 3, 6]
-    assert [b.rate for b in model_branches("dilation8_efficientnet_lite0")] == [1, 1, 2, 4, 8, 16, 1]
+    assert [b.bins for b in model_branches("pspnet_mobilenet_edgetpu")] == [1, 2, 3, 6]
+    assert [b.rate for b in model_branches("dilation8_mobilenet_edgetpu")] == [1, 1, 2, 4, 8, 16, 1]
     with pytest.raises(ValueError, match="no dilated"):
-        model_branches("fcn8s_efficientnet_lite0")
+        model_branches("fcn8s_mobilenet_edgetpu")
 
 
 class Tiny(nn.Module):
@@ -93,8 +93,8 @@ def test_effective_field_lies_inside_the_theoretical_one():
         effective_field(model, image, (1, 1), class_index=5)
 
 
-@pytest.mark.parametrize("name", ["deeplabv1_efficientnet_lite0", "deeplabv2_efficientnet_lite0", "pspnet_efficientnet_lite0",
-                                  "segnet_efficientnet_lite0", "unet_efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["deeplabv1_mobilenet_edgetpu", "deeplabv2_mobilenet_edgetpu", "pspnet_mobilenet_edgetpu",
+                                  "segnet_mobilenet_edgetpu", "unet_mobilenet_edgetpu"])
 def test_gradient_twin_has_the_models_forward_and_input_gradient(name):
     # The twin folds batch norm, flips depthwise kernels for their input gradient and keeps ReLU masks:
     # its logits and input gradient must be the network's own (plain autograd), with trained-like
@@ -161,7 +161,7 @@ def test_branch_taps_draw_on_the_image(camvid_root):
     from segviz.ui.dilation import branch_taps
 
     image = camvid_root / "val" / "0016E5_07959.png"
-    drawn, legend = branch_taps(str(image), (180, 240), "deeplabv2_efficientnet_lite0")
+    drawn, legend = branch_taps(str(image), (180, 240), "deeplabv2_mobilenet_edgetpu")
     assert drawn.shape == (360, 480, 3) and "rate 24" in legend
     # The rate-6 taps sit 6 x 8 = 48 px from the pixel, in the first branch colour.
     from segviz.viz import BRANCH_COLOURS
@@ -177,7 +177,7 @@ def test_branch_taps_without_a_click_centre_on_any_image_size():
     from segviz.viz import BRANCH_COLOURS
 
     small = np.full((120, 160, 3), 128, np.uint8)
-    drawn, _ = branch_taps(small, None, "deeplabv2_efficientnet_lite0")
+    drawn, _ = branch_taps(small, None, "deeplabv2_mobilenet_edgetpu")
     assert drawn.shape == (120, 160, 3)
     assert tuple(drawn[60 - 48, 80 - 48]) == BRANCH_COLOURS[0]  # rate 6 x stride 8 from the centre
 

@@ -52,14 +52,15 @@ def test_every_architecture_has_a_compact_and_a_faithful_configuration():
     archs = {s.arch for s in list_models()}
     for arch in archs:
         specs = [s for s in list_models() if s.arch == arch]
-        assert any(s.compact and s.backbone == "efficientnet_lite0" for s in specs), arch
+        assert any(s.compact and s.backbone == "mobilenet_edgetpu" for s in specs), arch
         assert any(not s.compact for s in specs), arch
 
 
-def test_every_architecture_has_a_mobilenet_edgetpu_trial_configuration_like_its_compact_one():
-    """The Cityscapes-pretrained backbone on trial is tried on every architecture, with the compact head."""
+def test_every_architecture_keeps_an_efficientnet_lite0_configuration_like_its_compact_one():
+    """The ImageNet-pretrained backbone the compact models had before MobileNet-EdgeTPU stays on every
+    architecture, with the compact head, as a trial configuration (its held-out runs are on record)."""
     for compact in list_models(compact=True):
-        trial = get_spec(compact.name.replace(compact.backbone, "mobilenet_edgetpu"))
+        trial = get_spec(compact.name.replace(compact.backbone, "efficientnet_lite0"))
         assert trial.trial and not trial.compact and trial.arch == compact.arch
         assert trial.config == compact.config and trial.output_stride == compact.output_stride, compact.arch
 
@@ -210,8 +211,9 @@ def test_output_stride_is_real():
             assert feats[-1].shape[-1] == 64 // os_, (name, os_)
 
 
-def test_compact_segnet_keeps_the_pretrained_encoder_and_unpools_at_its_maxima():
-    """The compact SegNet's encoder is EfficientNet-Lite0 unchanged (strided), and each decoder
+@pytest.mark.parametrize("backbone", ["mobilenet_edgetpu", "efficientnet_lite0"])
+def test_compact_segnet_keeps_the_pretrained_encoder_and_unpools_at_its_maxima(backbone):
+    """The compact SegNet's encoder is the backbone unchanged (strided), and each decoder
     level below stride 32 starts from a sparse map whose non-zeros sit where the features entering
     that stride peaked in their 2x2 window (SegNet's index unpooling, nothing learned)."""
     import torch.nn.functional as F
@@ -219,8 +221,8 @@ def test_compact_segnet_keeps_the_pretrained_encoder_and_unpools_at_its_maxima()
     from segviz.backbones import build_backbone
 
     torch.manual_seed(0)
-    model = build("segnet_efficientnet_lite0", num_classes=5).eval()
-    plain = build_backbone("efficientnet_lite0")
+    model = build(f"segnet_{backbone}", num_classes=5).eval()
+    plain = build_backbone(backbone)
     plain.load_state_dict(model.backbone.state_dict())
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

@@ -70,8 +70,8 @@ def test_asymmetric_kernels_have_separate_fields():
     assert (h.size, w.size) == (15, 15)
 
 
-@pytest.mark.parametrize("name", ["fcn8s_efficientnet_lite0", "segnet_efficientnet_lite0",
-                                  "deeplabv2_efficientnet_lite0", "unet_efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["fcn8s_mobilenet_edgetpu", "segnet_mobilenet_edgetpu",
+                                  "deeplabv2_mobilenet_edgetpu", "unet_mobilenet_edgetpu"])
 def test_every_compact_model_traces(name):
     from segviz.registry import build
 
@@ -102,7 +102,7 @@ def test_deeplab_largefov_field_is_the_released_networks():
 def test_tracing_on_the_meta_device_gives_the_real_fields():
     from segviz.registry import build
 
-    model = build("deeplabv2_efficientnet_lite0", num_classes=3)
+    model = build("deeplabv2_mobilenet_edgetpu", num_classes=3)
     real = trace(model, (64, 96))
     meta = trace(model.to("meta"), (64, 96))
     assert [l.field for l in real[0]] == [l.field for l in meta[0]] and real[1] == meta[1]
@@ -126,7 +126,7 @@ def test_field_against_depth_shows_vgg_pools_dilation_and_global_pooling():
 def test_the_depth_plot_holds_every_selected_model_and_configuration():
     from segviz.ui.receptive_field import depth_figure
 
-    fig = depth_figure(None, ["fcn8s_efficientnet_lite0.camvid"], ["deeplabv1_vgg16", "pspnet_resnet50"])
+    fig = depth_figure(None, ["fcn8s_mobilenet_edgetpu.camvid"], ["deeplabv1_vgg16", "pspnet_resnet50"])
     labels = [l.get_label() for l in fig.axes[0].get_lines() if not l.get_label().startswith("_")]
     assert labels == ["FCN-8s", "DeepLab v1 (vgg16)", "PSPNet (resnet50)"]
     with pytest.raises(ValueError, match="select at least one"):

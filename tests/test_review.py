@@ -15,7 +15,7 @@ from conftest import ROOT
 from segviz import review
 from segviz.cli import main
 
-FCN8S = "fcn8s_efficientnet_lite0.camvid"
+FCN8S = "fcn8s_mobilenet_edgetpu.camvid"
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_a_run_cancelled_inside_a_chunk_keeps_every_finished_row(camvid_root, tm
     """Each model runs over a chunk of frames in a row: a run cancelled after the first model's frames and
     the second model's first frame stores those three rows, counts one image finished, and the rerun computes
     only the missing row."""
-    models = [FCN8S, "fcn32s_efficientnet_lite0.camvid"]
+    models = [FCN8S, "fcn32s_mobilenet_edgetpu.camvid"]
     source = review.camvid_source(camvid_root, "val", 2)
     store = review.Store(tmp_path / "r.sqlite")
     asked = []
@@ -370,7 +370,7 @@ def test_browser_review_tab_then_a_frame_in_compare(tmp_path):
         pytest.skip("chromium is not installed")
     from playwright.sync_api import sync_playwright
 
-    keep = [FCN8S, "deeplabv3_efficientnet_lite0.camvid"]
+    keep = [FCN8S, "deeplabv3_mobilenet_edgetpu.camvid"]
     url, proc = start_app(SEGVIZ_CACHE=str(tmp_path / "cache"))
     try:
         with sync_playwright() as p:

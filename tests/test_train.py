@@ -406,7 +406,7 @@ def test_a_trial_backbones_held_out_run_is_recorded_with_its_score_at_a_larger_i
     from segviz.registry import build
     from segviz.weights import load_safetensors
 
-    trial = "fcn8s_mobilenet_edgetpu"
+    trial = "fcn8s_efficientnet_lite0"  # the compact backbone until MobileNet-EdgeTPU replaced it
     recipe = Recipe(model=trial, epochs=1, batch_size=2, crop=(64, 96), eval_every=1,
                     train_split="noseq:0006R0", val_split="seq:0006R0")
     train(recipe, data=camvid_root, out=tmp_path / "runs", limit=2, progress=False, workers=0)
@@ -420,13 +420,16 @@ def test_a_trial_backbones_held_out_run_is_recorded_with_its_score_at_a_larger_i
     record_trial(run, asset, input_scales=(1.5,), data=camvid_root, limit=2)  # recorded again: replaced, not added
     assert json.loads(asset.read_text()) == [entry]
     # `weights bundle --heldout-run assets/trial_heldout.json` takes the run's scores from there once its folder is gone
-    assert heldout_of(asset, trial) == heldout_of(run, trial) == heldout_scores(run)
-    with pytest.raises(ValueError, match="records no held-out run of unet_mobilenet_edgetpu"):
-        heldout_of(asset, "unet_mobilenet_edgetpu")
-    lite0 = tmp_path / "lite0"
-    lite0.mkdir()
-    (lite0 / "recipe.json").write_text(json.dumps({**json.loads((run / "recipe.json").read_text()), "model": MODEL}))
-    (lite0 / "log.jsonl").write_text((run / "log.jsonl").read_text())
+    # (with its mIoU at the larger input, which the bundled record keeps beside its held-out scores)
+    assert heldout_of(asset, trial) == {**heldout_of(run, trial), "miou_at_input_scale": entry["miou_at_input_scale"]}
+    assert heldout_of(run, trial) == heldout_scores(run)
+    with pytest.raises(ValueError, match="records no held-out run of unet_efficientnet_lite0"):
+        heldout_of(asset, "unet_efficientnet_lite0")
+    compact = tmp_path / "compact"
+    compact.mkdir()
+    (compact / "recipe.json").write_text(json.dumps({**json.loads((run / "recipe.json").read_text()),
+                                                     "model": "fcn8s_mobilenet_edgetpu"}))
+    (compact / "log.jsonl").write_text((run / "log.jsonl").read_text())
     with pytest.raises(ValueError, match="not a trial configuration"):
-        record_trial(lite0, asset, data=camvid_root, limit=2)
+        record_trial(compact, asset, data=camvid_root, limit=2)
     assert json.loads(asset.read_text()) == [entry]

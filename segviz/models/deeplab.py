@@ -26,7 +26,8 @@ branches (rates 6, 12, 18 at output stride 16, doubled at 8) and image-level poo
 concatenated and projected to 256 channels. Module names follow torchvision so that
 torchvision's ``deeplabv3_resnet50`` state dict loads into ``deeplabv3_resnet50`` unchanged.
 
-Compact configurations use EfficientNet-Lite0. v1: fc6 is a depthwise-separable atrous conv
+Compact configurations use MobileNet-EdgeTPU, with the sizes first chosen for EfficientNet-Lite0
+(the compact backbone before it, kept as a configuration). v1: fc6 is a depthwise-separable atrous conv
 (rate 12, the way DeepLab's MobileNet variants make atrous convs cheap), 256 channels.
 v2: unchanged ASPP-to-scores. v3: output stride 16 and 128-channel ASPP.
 The dense CRF is not part of any network here: it is a post-processing step (segviz.crf).

@@ -9,7 +9,7 @@ deconvolutions, added to the finer level and refined again; two final deconv + B
 bring the scores to full resolution (paper, Figure 2). No dilation anywhere.
 Deviations: the paper's backbone is ResNet-152; ResNet-101 here (torchvision's, stride on
 the 3x3 conv). The authors released no network definition, so this follows the paper's
-Figure 2 and text only. Compact: EfficientNet-Lite0.
+Figure 2 and text only. Compact: MobileNet-EdgeTPU (EfficientNet-Lite0 before it).
 """
 from __future__ import annotations
 

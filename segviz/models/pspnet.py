@@ -11,8 +11,8 @@ configuration is ResNet-50 (the VOC 85.4 is ResNet-101's) built by torchvision w
 pool the bins with fixed kernels for their 473x473 crops (kernel = stride = 60/b on a 60x60
 map, equal to adaptive pooling there) and upsample with Caffe's ``Interp``
 (align_corners=True), ours adaptive pooling at any size and align_corners=False.
-Compact: EfficientNet-Lite0 at output stride 16 (8 would triple the backbone's cost on a
-CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits on the
+Compact: MobileNet-EdgeTPU (EfficientNet-Lite0 before it) at output stride 16 (8 would triple
+the backbone's cost on a CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits on the
 stride-16 level.
 """
 from __future__ import annotations

@@ -10,10 +10,11 @@ max-pools use ``ceil_mode`` (Caffe's rounding) and unpooling is a scatter into t
 size, both as Caffe does; the released net trains with median-frequency class weights (so
 does ``segviz.train``); our decoder convs drop the bias before their BN (redundant there).
 
-Compact (EfficientNet-Lite0), redesigned so that the ImageNet encoder computes exactly what
-it was trained to: the four strided depthwise convs keep their strides and weights, and the
+Compact (MobileNet-EdgeTPU; EfficientNet-Lite0 before it), redesigned so that the pretrained
+encoder computes exactly what it was trained to: the four strided convs (depthwise in Lite0, the
+fused 3x3 expansions of EdgeTPU's first two stages) keep their strides and weights, and the
 max-pool indices come from a *parallel* 2x2 max-pool (stride 2, ceil mode) of the features
-entering each strided block (levels at strides 2, 4, 8, 16; 16, 24, 40, 112 channels). The
+entering each strided block (levels at strides 2, 4, 8, 16; EdgeTPU's 16, 24, 40, 72 channels). The
 pooled values are discarded; only the argmax positions are kept. The decoder mirrors the
 encoder levels: at each stride two 3x3 conv-BN-ReLU, the last narrowing to the width of the
 level below, then an unpooling through that level's indices (a sparse map of that width,

@@ -77,7 +77,7 @@ def model_rows() -> list[list]:
 
 def build_tab(gr):
     with gr.Tab("Models", id="models"):
-        gr.Markdown("Every trained model (the compact EfficientNet-Lite0 configurations trained on CamVid here, the "
+        gr.Markdown("Every trained model (the compact MobileNet-EdgeTPU configurations trained on CamVid here, the "
                     "PASCAL VOC models trained by others), then every configuration without weights, the "
                     "paper-faithful VGG16/ResNet ones included (parameters for 21 classes). VOC12 scores are the PASCAL VOC 2012 test mIoU the 2017 review quotes for the papers' own models; "
                     "latency comes from `python -m segviz bench` (assets/bench.json).")
