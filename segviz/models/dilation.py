@@ -12,8 +12,9 @@ input reflection-padded by 186 px, ours padded convs (same field sizes, differen
 the released final upsampling is a fixed bilinear 16x16 deconvolution, ours bilinear
 interpolation (the same operation up to the border); the released VOC model's context module
 is, as far as we know, the basic one implemented here (the paper also reports a "large"
-variant with wider layers, not implemented). Compact: MobileNet-EdgeTPU (or
-EfficientNet-Lite0, the compact backbone before it) at output stride 8 (its last two strides dilated 2 and 4) with a 1x1 "fc" layer of 256 channels instead of fc6/fc7.
+variant with wider layers, not implemented). Compact: MobileNet-EdgeTPU (or EfficientNet-Lite0, the
+compact backbone before it) at output stride 8 (its last two strides dilated 2 and 4) with a 1x1 "fc"
+layer of 256 channels instead of fc6/fc7.
 """
 from __future__ import annotations
 

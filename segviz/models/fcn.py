@@ -13,9 +13,10 @@ size (fc7 404 px, 436 px after the 32x upsampling, as the released FCN-32s). The
 nets keep the final upsampling deconvolution fixed at bilinear (``lr_mult: 0``); ours learns
 it from the bilinear init, as the paper describes. The three variants are trained from
 ImageNet directly rather than each fine-tuned from the coarser one, and torchvision's VGG16
-replaces the Caffe one (same layers, different ImageNet weights). Compact: MobileNet-EdgeTPU, whose 1x1 "head" conv to
-1280 channels (the layer before its DeepLab head) plays fc6/fc7, with skips from the stride-16 (72 ch) and
-stride-8 (40 ch) levels; EfficientNet-Lite0, the compact backbone before it, has the same 1280-wide head.
+replaces the Caffe one (same layers, different ImageNet weights). Compact: MobileNet-EdgeTPU, whose
+1x1 "head" conv to 1280 channels (the layer before its DeepLab head) plays fc6/fc7, with skips from the
+stride-16 (72 ch) and stride-8 (40 ch) levels; EfficientNet-Lite0, the compact backbone before it, has
+the same 1280-wide head.
 """
 from __future__ import annotations
 

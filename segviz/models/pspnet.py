@@ -12,8 +12,8 @@ pool the bins with fixed kernels for their 473x473 crops (kernel = stride = 60/b
 map, equal to adaptive pooling there) and upsample with Caffe's ``Interp``
 (align_corners=True), ours adaptive pooling at any size and align_corners=False.
 Compact: MobileNet-EdgeTPU (EfficientNet-Lite0 before it) at output stride 16 (8 would triple
-the backbone's cost on a CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits on the
-stride-16 level.
+the backbone's cost on a CPU), pyramid width 80 per bin and a 128-channel 3x3 conv; the aux head sits
+on the stride-16 level.
 """
 from __future__ import annotations
 

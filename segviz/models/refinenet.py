@@ -11,7 +11,8 @@ Deviations: 2 pooling blocks in CRP (the paper's first version; its released cod
 torchvision's ResNet-101 (stride on the 3x3 conv) instead of the released MatConvNet
 ResNet-101 (stride on the first 1x1, as the original MSRA model), which changes the traced
 receptive field slightly; single-scale inference (the released evaluation averages scales).
-Compact: MobileNet-EdgeTPU (EfficientNet-Lite0 before it) with widths 96/64/48/32 from stride 32 to 4 and one final RCU.
+Compact: MobileNet-EdgeTPU (EfficientNet-Lite0 before it) with widths 96/64/48/32 from stride 32
+to 4 and one final RCU.
 """
 from __future__ import annotations
 

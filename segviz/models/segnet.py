@@ -14,8 +14,8 @@ Compact (MobileNet-EdgeTPU; EfficientNet-Lite0 before it), redesigned so that th
 encoder computes exactly what it was trained to: the four strided convs (depthwise in Lite0, the
 fused 3x3 expansions of EdgeTPU's first two stages) keep their strides and weights, and the
 max-pool indices come from a *parallel* 2x2 max-pool (stride 2, ceil mode) of the features
-entering each strided block (levels at strides 2, 4, 8, 16; EdgeTPU's 16, 24, 40, 72 channels). The
-pooled values are discarded; only the argmax positions are kept. The decoder mirrors the
+entering each strided block (levels at strides 2, 4, 8, 16; EdgeTPU's 16, 24, 40, 72 channels).
+The pooled values are discarded; only the argmax positions are kept. The decoder mirrors the
 encoder levels: at each stride two 3x3 conv-BN-ReLU, the last narrowing to the width of the
 level below, then an unpooling through that level's indices (a sparse map of that width,
 twice as large), which the next level's convs densify. Differences from the paper, precisely:

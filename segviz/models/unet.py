@@ -9,8 +9,8 @@ output has the input's size and no cropping is needed (the released net uses unp
 convs, a 572x572 tile giving 388x388 scores, and overlap-tile inference); no drop-out at the
 end of the contracting path (the paper and release have it); no weighted loss map for
 touching borders (a cell-segmentation device, irrelevant to street scenes).
-Compact: the MobileNet-EdgeTPU levels (strides 2..32; EfficientNet-Lite0's before it) are the contracting path; each
-decoder level is a 2x2 up-convolution, concatenation, and two 3x3 conv-BN-ReLU; the
+Compact: the MobileNet-EdgeTPU levels (strides 2..32; EfficientNet-Lite0's before it) are the
+contracting path; each decoder level is a 2x2 up-convolution, concatenation, and two 3x3 conv-BN-ReLU; the
 decoder stops at stride 2 and the scores are upsampled bilinearly.
 """
 from __future__ import annotations
