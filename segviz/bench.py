@@ -142,19 +142,23 @@ def bench(names: list[str], size=(360, 480), warmup: int = 2, runs: int = 5, dev
 def bench_review(data=None, limit: int | None = None, warmup: int = 2, runs: int = 5, size=(360, 480)) -> dict:
     """The Review's first pass against the models' own forwards, in one process: every CamVid model on the
     runner the app chooses (``--backend auto``), its forward timed bench's way (median of ``runs`` after
-    ``warmup``, at ``size``) before and after a first pass over CamVid val into a fresh database, and the
-    frames and labels decoded once on their own. ``ratio``: the first pass over (frames x mean forwards per
-    frame + decoding); the issue's goal is 1.3 or less."""
+    ``warmup``, on a ``size`` frame enlarged to the record's input scale and brought back, as the Review runs
+    it) before and after a first pass over CamVid val into a fresh database, and the frames and labels
+    decoded once on their own. ``ratio``: the first pass over (frames x mean forwards per frame + decoding);
+    the issue's goal is 1.3 or less."""
+    import functools
     import tempfile
 
     from . import review
+    from .evaluate import logits_of
     from .inference import load_runner
 
-    runners = [load_runner(r.name) for r in review.choose_models("all", "camvid")]
+    runners = [(load_runner(r.name), r.scale_for(*size)) for r in review.choose_models("all", "camvid")]
     x = torch.rand(1, 3, *size)
 
     def forwards() -> float:
-        return sum(time_forward(r, r.normalize(x), warmup, runs) for r in runners)
+        return sum(time_forward(functools.partial(logits_of, r, device=r.device, scale=s), r.normalize(x), warmup, runs)
+                   for r, s in runners)
 
     source = review.camvid_source(data, "val", limit)
     t = time.perf_counter()
@@ -173,7 +177,8 @@ def bench_review(data=None, limit: int | None = None, warmup: int = 2, runs: int
     return {"frames": n, "models": len(runners), "first_pass_s": round(first, 2), "decoding_s": round(decoding, 2),
             "forwards_per_frame_s": {"before": round(before, 3), "after": round(after, 3)},
             "ratio": round(first / (n * (before + after) / 2 + decoding), 3),
-            "runners": {r.name: result.backends.get(r.name) for r in result.models}}
+            "runners": {r.name: result.backends.get(r.name) for r in result.models},
+            "input_scales": {r.name: r.input_scale for r in result.models}}
 
 
 def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int = 5, seed: int = 0) -> dict:

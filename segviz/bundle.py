@@ -13,7 +13,7 @@ from .registry import spec_fields
 from .data.camvid import CamVid, default_root, resolve_split
 from .evaluate import evaluate
 from .train import with_later_options
-from .weights import MANIFEST, load_safetensors, read_manifest, save_safetensors, sha256_file
+from .weights import MANIFEST, load_safetensors, read_manifest, same_contents, save_safetensors, sha256_file
 
 SUBSET_STEP = 6  # the CI subset: every 6th val image (17 of 101)
 
@@ -42,17 +42,47 @@ def heldout_scores(run_dir: str | os.PathLike) -> dict:
             "recipe": {k: v for k, v in recipe.items() if k not in ("best", "arch")}}
 
 
-def heldout_of(source: str | os.PathLike, model: str) -> dict:
+def heldout_of(source: str | os.PathLike, model: str, input_scale: float = 1.0, data=None) -> dict:
     """The held-out validation of ``model``'s recipe from ``source``: a held-out run's folder
     (:func:`heldout_scores`), or a file :func:`record_trial` wrote (assets/trial_heldout.json), whose entry for
-    ``model`` holds the same scores of a run whose folder need not be kept, and its mIoU at other input scales."""
+    ``model`` holds the same scores of a run whose folder need not be kept, and its mIoU at other input scales.
+    With ``input_scale`` (a run's folder only), the scores are of its kept weights run at that scale
+    (:func:`rescored`)."""
     source = Path(source)
     if source.suffix != ".json":
-        return heldout_scores(source)
+        scores = heldout_scores(source)
+        return scores if input_scale == 1 else rescored(source, scores, input_scale, data)
+    if input_scale != 1:
+        raise ValueError(f"{source} holds scores, not weights to run at input scale {input_scale:g}: "
+                         "name the held-out run's folder")
     entry = next((r for r in json.loads(source.read_text()) if r["model"] == model), None)
     if entry is None:
         raise ValueError(f"{source} records no held-out run of {model}")
     return {k: v for k, v in entry.items() if k not in ("model", "command")}
+
+
+INPUT_SCALES = (1.5, 2.0)  # besides 1 and the model's own, the input scales a held-out run is scored at
+
+
+def miou_at_scales(model, data_set, scales) -> dict:
+    """``{"1.5": mIoU, ...}``: the model's mIoU on ``data_set`` run on the frames resized by each scale."""
+    return {f"{s:g}": round(evaluate(model, data_set, progress=False, input_scale=s)["miou"], 2) for s in scales}
+
+
+def rescored(run_dir: str | os.PathLike, scores: dict, input_scale: float, data=None, limit: int | None = None) -> dict:
+    """A held-out run's :func:`heldout_scores` with its kept weights run at ``input_scale``
+    (:attr:`segviz.records.Record.input_scale`): mIoU, per-class IoU and accuracies at that scale, and in
+    ``miou_at_input_scale`` the mIoU at 1 (the validation during training) and :data:`INPUT_SCALES`. The
+    last epoch's figure stays the one validated during training, at 1. ``limit``: the split's first frames."""
+    data_set = CamVid(data, scores["split"], limit=limit)
+    name = scores["recipe"]["model"]
+    model = load_safetensors(registry.build(name, num_classes=data_set.labels.num_classes),
+                             Path(run_dir) / "best.safetensors")
+    at = evaluate(model, data_set, progress=False, input_scale=input_scale)
+    others = miou_at_scales(model, data_set, [s for s in INPUT_SCALES if s != input_scale])
+    return {**scores, "input_scale": input_scale, "miou": round(at["miou"], 2), "per_class_iou": at["per_class_iou"],
+            **{k: round(at[k], 2) for k in ("pixel_acc", "class_acc")},
+            "miou_at_input_scale": dict(sorted({"1": scores["miou"], **others}.items(), key=lambda kv: float(kv[0])))}
 
 
 def run_directory(path: str | os.PathLike) -> Path:
@@ -113,27 +143,41 @@ def _trained_on(data, train_split: str, split: str) -> bool:
     return bool(names & {image.name for image, _ in resolve_split(root, split)})
 
 
+def bundled_scale(name: str, manifest: str | os.PathLike | None = None, input_scale: float | None = None) -> float:
+    """The input scale ``<name>.camvid`` is bundled at: ``input_scale``, else the record's present one, else 1."""
+    if input_scale is not None:
+        return input_scale
+    return read_manifest(Path(manifest or MANIFEST)).get(f"{name}.camvid", {}).get("input_scale", 1.0)
+
+
 def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike | None = None,
-           heldout: dict | None = None) -> dict:
+           heldout: dict | None = None, input_scale: float | None = None) -> dict:
     """Bundle the run in ``run_dir`` (a CamVid run of registry model ``name``) as record
-    ``<name>.camvid``. ``heldout``: the sequence-held-out validation of the same recipe
-    (``{"split": "seq:0006R0", "miou": ..., ...}``, :func:`heldout_scores`), recorded beside the val numbers;
-    without it the record keeps the held-out validation it has when that was of the same recipe."""
+    ``<name>.camvid``, run at ``input_scale`` (:attr:`segviz.records.Record.input_scale`; default: the record's
+    present one, else 1), at which every score of the entry is measured. ``heldout``: the sequence-held-out
+    validation of the same recipe at that scale (``{"split": "seq:0006R0", "miou": ..., ...}``,
+    :func:`heldout_of`), recorded beside the val numbers; without it the record keeps the held-out validation it
+    has when that was of the same recipe and scale."""
     run_dir, manifest = Path(run_dir), Path(manifest or MANIFEST)
     record = f"{name}.camvid"
     recipe = json.loads((run_dir / "recipe.json").read_text())
+    present = read_manifest(manifest).get(record, {})
+    scale = bundled_scale(name, manifest, input_scale)
     if heldout is not None and (differ := recipe_differences(recipe, heldout["recipe"])):
         raise ValueError(f"the held-out run's recipe differs from {run_dir}'s in {', '.join(differ)}: "
                          "its score would not describe these weights' recipe")
+    if heldout is not None and heldout.get("input_scale", 1.0) != scale:
+        raise ValueError(f"the held-out scores are of input scale {heldout.get('input_scale', 1.0):g}, the model runs "
+                         f"at {scale:g}: score the held-out run at {scale:g} (--heldout-run RUN --input-scale {scale:g})")
     if heldout is None:
-        kept = read_manifest(manifest).get(record, {}).get("heldout")
-        if kept is not None and not recipe_differences(recipe, kept["recipe"]):
+        kept = present.get("heldout")
+        if kept is not None and not recipe_differences(recipe, kept["recipe"]) and kept.get("input_scale", 1.0) == scale:
             heldout = kept
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().split("\n") if line.strip()]
     val = CamVid(data, "val")
     model = registry.build(name, num_classes=val.labels.num_classes)
     load_safetensors(model, run_dir / "best.safetensors")
-    full = evaluate(model, val)
+    full = evaluate(model, val, input_scale=scale)
     out = manifest.parent / f"{record}.safetensors"
     # Written beside the bundled file and evaluated there; it replaces the bundled file only with the manifest
     # entry that names its sha256, so an interrupted bundle leaves the old pair intact.
@@ -141,17 +185,20 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
     meta = {"model": name, "record": record, "num_classes": val.labels.num_classes, "dataset": "camvid"}
     try:
         save_safetensors(model, tmp, meta, dtype=torch.float16)
-        half = evaluate(load_safetensors(model, tmp), val)
+        half = evaluate(load_safetensors(model, tmp), val, input_scale=scale)
         dtype = "float16"
         if abs(half["miou"] - full["miou"]) > 0.1:  # float16 storage must not cost quality
             save_safetensors(model, tmp, meta)
-            half, dtype = evaluate(load_safetensors(model, tmp), val), "float32"
+            half, dtype = evaluate(load_safetensors(model, tmp), val, input_scale=scale), "float32"
         subset = val_subset(data)
-        sub = evaluate(model, subset)
+        sub = evaluate(model, subset, input_scale=scale)
         spec = registry.get_spec(name)
+        keep = out.exists() and same_contents(out, tmp)  # the same weights again: the file stays byte for byte
         entry = {
-            "model": name, **spec_fields(spec), "file": out.name, "sha256": sha256_file(tmp), "dtype": dtype, "num_params": registry.count_params(model),
-            "num_classes": val.labels.num_classes, "dataset": "camvid", "train_split": recipe.get("train_split", "train"),
+            "model": name, **spec_fields(spec), "file": out.name, "sha256": sha256_file(out if keep else tmp),
+            "dtype": dtype, "num_params": registry.count_params(model),
+            "num_classes": val.labels.num_classes, "dataset": "camvid", "input_scale": scale,
+            "train_split": recipe.get("train_split", "train"),
             "eval_split": "val",
             # a run trained on val's frames (trainval, noseq:SEQ) has a val score that measures nothing
             "val_trained_on": _trained_on(data, recipe.get("train_split", "train"), "val"),
@@ -167,7 +214,8 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
         }
         if heldout is not None:
             entry["heldout"] = heldout
-        os.replace(tmp, out)
+        if not keep:
+            os.replace(tmp, out)
         _write_entry(manifest, record, entry)
     finally:
         tmp.unlink(missing_ok=True)
@@ -183,6 +231,9 @@ def record_heldout(record: str, heldout: dict, manifest: str | os.PathLike | Non
         raise ValueError(f"no bundled model {record!r} in {manifest}")
     if heldout["recipe"]["model"] != entry["model"]:
         raise ValueError(f"the held-out run trained {heldout['recipe']['model']}, not {entry['model']}")
+    if heldout.get("input_scale", 1.0) != entry.get("input_scale", 1.0):
+        raise ValueError(f"the held-out scores are of input scale {heldout.get('input_scale', 1.0):g}, "
+                         f"{record} runs at {entry.get('input_scale', 1.0):g}")
     entry["heldout"] = heldout
     _write_entry(manifest, record, entry)
     return entry
@@ -199,7 +250,7 @@ def _write_entry(manifest: Path, record: str, entry: dict):
 TRIAL_FILE = "trial_heldout.json"  # in assets/: the held-out runs of the trial backbones' configurations
 
 
-def record_trial(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, input_scales=(1.5, 2.0), data=None,
+def record_trial(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, input_scales=INPUT_SCALES, data=None,
                  limit: int | None = None) -> dict:
     """Record a held-out run of a trial backbone's configuration (``registry.TRIAL_BACKBONES``) in
     assets/trial_heldout.json: its :func:`heldout_scores` and, for each of ``input_scales``, the held-out mIoU of
@@ -216,8 +267,7 @@ def record_trial(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
         raise ValueError(f"{name} is not a trial configuration (its backbone is not one of {registry.TRIAL_BACKBONES})")
     data_set = CamVid(data, scores["split"], limit=limit)
     model = load_safetensors(registry.build(name, num_classes=data_set.labels.num_classes), run_dir / "best.safetensors")
-    entry = {"model": name, **scores, "miou_at_input_scale": {
-        f"{s:g}": round(evaluate(model, data_set, progress=False, input_scale=s)["miou"], 2) for s in input_scales},
+    entry = {"model": name, **scores, "miou_at_input_scale": miou_at_scales(model, data_set, input_scales),
         "command": "python -m segviz weights trial --heldout-run RUN"}
     rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["model"] != name] + [entry]
     rows.sort(key=lambda r: (registry.get_spec(r["model"]).order, r["model"]))

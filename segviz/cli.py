@@ -51,6 +51,11 @@ def _crf_axis(text: str) -> tuple[str, tuple[float, ...]]:
     return name, parsed
 
 
+INPUT_SCALE_HELP = ("run the model on each frame resized by this factor and score at the frame's own size (default: "
+                    "the record's input scale, e.g. 2 for the bundled CamVid models, CamVid's 720x960 originals' "
+                    "size; 1 with --weights)")
+
+
 def _float_in(low: float, high: float | None, low_open: bool = False, high_open: bool = False):
     def parse(text: str) -> float:
         try:
@@ -231,16 +236,17 @@ def cmd_eval(args) -> int:
 
     model = load_model(args.model, weights=args.weights, device=args.device)
     data = CamVid(args.data, args.split, limit=args.limit)
+    scale = _input_scale(args)
     result = evaluate(model, data, next(model.parameters()).device, progress=not args.json, tta=args.tta,
-                      input_scale=args.input_scale)
+                      input_scale=scale)
     result.update(model=args.model, split=args.split, sequences=data.sequences(),
                   trained_on=_trained_on_count(args, data))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     seqs = ", ".join(f"{k} {v}" for k, v in result["sequences"].items())
-    how = f"; scales {', '.join(f'{x:g}' for x in result['tta']['scales'])} and mirrored, averaged" if args.tta else ""
-    how += f"; the model ran on the frames resized by {args.input_scale:g}" if args.input_scale != 1 else ""
+    how = f"; scales {', '.join(f'{x:g}' for x in result['tta']['scales'])} and mirrored, averaged" if args.tta else (
+        f"; the model ran on the frames resized by {scale:g}" if scale != 1 else "")
     print(f"{args.model} on CamVid {args.split} ({result['images']} images: {seqs}; full resolution{how})")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:12} {'-' if iou is None else f'{iou:6.2f}'}")
@@ -249,6 +255,16 @@ def cmd_eval(args) -> int:
         print(f"  note: the model trained on {result['trained_on']} of these {result['images']} frames, where it scores "
               "higher than on a new drive (the manifest's held-out column estimates that)")
     return 0
+
+
+def _input_scale(args) -> float:
+    """--input-scale, or else the record's (:attr:`segviz.records.Record.input_scale`); 1 for --weights, a file
+    that is not the record's."""
+    from . import records
+
+    if args.input_scale is not None:
+        return args.input_scale
+    return 1.0 if args.weights else records.get(args.model).input_scale
 
 
 def _trained_on_count(args, data) -> int | None:
@@ -353,7 +369,8 @@ def cmd_weights(args) -> int:
         if not (args.model_opt and args.heldout_run):
             raise ValueError("weights heldout needs --model RECORD and --heldout-run RUN")
         record = records.get(args.model_opt)
-        held = record_heldout(record.name, heldout_of(args.heldout_run, record.network))["heldout"]
+        held = record_heldout(record.name, heldout_of(args.heldout_run, record.network, record.input_scale,
+                                                      args.data))["heldout"]
         print(f"{args.model_opt}: held-out {held['split']} mIoU {held['miou']} (epoch {held['epoch']}), "
               f"last epoch {held['last_miou']}")
         return 0
@@ -367,13 +384,15 @@ def cmd_weights(args) -> int:
               + ", ".join(f"{k}: {v}" for k, v in t["miou_at_input_scale"].items()))
         return 0
     if args.action == "bundle":
-        from .bundle import bundle, heldout_of
+        from .bundle import bundle, bundled_scale, heldout_of
 
         args.model = args.model_opt or args.model
         if not args.model:
             raise ValueError("weights bundle needs --model NAME (a registry name) and --run RUN")
-        heldout = heldout_of(args.heldout_run, args.model) if args.heldout_run else None
-        entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout)
+        scale = bundled_scale(args.model, input_scale=args.input_scale)
+        heldout = heldout_of(args.heldout_run, args.model, scale, args.data) if args.heldout_run else None
+        entry = bundle(args.model, args.run or f"runs/{args.model}", data=args.data, heldout=heldout,
+                       input_scale=scale)
         held = entry.get("heldout")
         print(f"{args.model}: val mIoU {entry['val_miou']} ({entry['dtype']}), sha256 {entry['sha256'][:12]}...; "
               + (f"held-out {held['split']} mIoU {held['miou']} (a run of the same recipe)" if held else
@@ -441,9 +460,14 @@ def cmd_crf_tune(args) -> int:
     result = {"model": args.model, "split": args.split,
               "weights_sha256": sha256_file(args.weights) if args.weights else records.get(args.model).sha256,
               **crf_study(model, CamVid(args.data, args.split, limit=args.limit), next(model.parameters()).device,
-                          grid=dict(args.grid) if args.grid else None)}
+                          grid=dict(args.grid) if args.grid else None, input_scale=_input_scale(args))}
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
+
+
+def _at_scale(rows: list[dict]) -> str:
+    """A study's input scale for a table's header: " (input x2)", " (input x1)" ..."""
+    return " (input " + "/".join(sorted({f"x{r.get('input_scale', 1):g}" for r in rows})) + ")"
 
 
 def train_minutes(entry: dict) -> float:
@@ -474,9 +498,10 @@ def cmd_report(args) -> int:
     trained = [r for r in records.all_records() if r.trained_here]
     # val is the models' selection set unless they trained on it; then its column would only say so
     show_val = any(not r.metrics.get("val_trained_on") for r in trained)
-    print("| model | trained on | held-out seq. mIoU | without Bicyclist | held-out pixel acc | held-out class acc | "
-          + ("val mIoU | " if show_val else "") + "params | epochs | train time | paper (CamVid test) | VOC12 (review) |")
-    print("|---" * (11 + show_val) + "|")
+    print("| model | trained on | input scale | held-out seq. mIoU | without Bicyclist | held-out pixel acc | "
+          "held-out class acc | " + ("val mIoU | " if show_val else "")
+          + "params | epochs | train time | paper (CamVid test) | VOC12 (review) |")
+    print("|---" * (12 + show_val) + "|")
     for r in trained:
         e, spec = r.metrics, r.spec
         held = e.get("heldout")
@@ -486,7 +511,8 @@ def cmd_report(args) -> int:
                     + " | ".join(f"{held[k]:.1f}" if k in held else "-" for k in ("pixel_acc", "class_acc")))
         else:
             held = "- | - | - | -"
-        print(f"| {r.name} | {frames_words(e['train_split'])} | {held} | " + (f"{r.val_miou} | " if show_val else "")
+        print(f"| {r.name} | {frames_words(e['train_split'])} | x{r.input_scale:g} | {held} | "
+              + (f"{r.val_miou} | " if show_val else "")
               + f"{e['num_params'] / 1e6:.2f}M | {e['recipe']['epochs']} | {train_minutes(e):.0f} min | "
               f"{r.dataset.published.get(spec.arch, '-')} | {spec.voc12_miou or '-'} |")
     bench_file = PROJECT_ROOT / "assets" / "bench.json"
@@ -516,8 +542,8 @@ def cmd_report(args) -> int:
         rows = json.loads(crf_file.read_text())
         preset_file = PROJECT_ROOT / "assets" / "crf_preset.json"  # the same study with --grid at crf.PRESETS' setting
         at_preset = {r["model"]: r for r in json.loads(preset_file.read_text())} if preset_file.exists() else {}
-        print(f"\n| model | {'/'.join(sorted({r['split'] for r in rows}))} mIoU | + CRF (default) | 2nd half | + CRF default "
-              "| + CRF tuned | tuned (sxy, srgb, compat) | + CRF preset |")
+        print(f"\n| model | {'/'.join(sorted({r['split'] for r in rows}))} mIoU{_at_scale(rows)} | + CRF (default) | 2nd half "
+              "| + CRF default | + CRF tuned | tuned (sxy, srgb, compat) | + CRF preset |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             t, p = r["tuned_params"], at_preset.get(r["model"])
@@ -528,7 +554,8 @@ def cmd_report(args) -> int:
     tta_file = PROJECT_ROOT / "assets" / "tta.json"  # `eval --tta` of each architecture's held-out run
     if tta_file.exists():
         rows = json.loads(tta_file.read_text())
-        print(f"\n| model | {'/'.join(sorted({r['split'] for r in rows}))} mIoU | + multi-scale and flip | gain |")
+        print(f"\n| model | {'/'.join(sorted({r['split'] for r in rows}))} mIoU{_at_scale(rows)} | + multi-scale and "
+              "flip | gain |")
         print("|---|---|---|---|")
         for r in rows:
             print(f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |")
@@ -546,15 +573,18 @@ def cmd_report(args) -> int:
             at = (entry or {}).get("miou_at_input_scale", {})
             return "".join(f"{at[k]:.2f} | " if k in at else "- | " for k in scales)
 
+        def at_one(h):  # the bundled run at input scale 1, as the trial runs validated
+            return h.get("miou_at_input_scale", {}).get("1", h["miou"])
+
         mine, theirs = scales_of(held.values()), scales_of(rows)
-        print("\n| architecture | bundled (held out) | " + "".join(f"bundled, input x{k} | " for k in mine)
-              + "on trial (held out) | trial - bundled | " + "".join(f"trial, input x{k} | " for k in theirs)
+        print("\n| architecture | bundled (held out, at its input scale) | " + "".join(f"bundled, input x{k} | " for k in mine)
+              + "on trial (held out) | trial - bundled at x1 | " + "".join(f"trial, input x{k} | " for k in theirs)
               + "trial backbone |")
         print("|---" * (5 + len(mine) + len(theirs)) + "|")
         for t in rows:
             spec = registry.get_spec(t["model"])
             h = held.get(spec.arch)
-            base, change = (f"{h['miou']:.2f}", f"{t['miou'] - h['miou']:+.2f}") if h else ("-", "-")
+            base, change = (f"{h['miou']:.2f}", f"{t['miou'] - at_one(h):+.2f}") if h else ("-", "-")
             print(f"| {spec.arch} | {base} | {at_scales(h, mine)}{t['miou']:.2f} ({t['epoch']}) | {change} | "
                   f"{at_scales(t, theirs)}{spec.backbone} |")
     return 0
@@ -634,11 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default=None, help="a .safetensors file (default: the bundled weights)")
     e.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first N images")
     e.add_argument("--tta", action="store_true",
-                   help="average the predictions at scales 0.75, 1, 1.25 and their mirror images (DeepLab v3's "
-                        "multi-scale + flip inference; 6 forwards per image)")
-    e.add_argument("--input-scale", type=_float_in(0.25, 4), default=1.0,
-                   help="run the model on each frame resized by this factor (e.g. 2: CamVid's 720x960 originals' size), "
-                        "scoring at the frame's own size")
+                   help="average the predictions at scales 0.75, 1, 1.25 (times the input scale) and their mirror "
+                        "images (DeepLab v3's multi-scale + flip inference; 6 forwards per image)")
+    e.add_argument("--input-scale", type=_float_in(0.25, 4), default=None, help=INPUT_SCALE_HELP)
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -677,6 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--heldout-run", default=None,
                    help="with bundle: the run folder of the same recipe with a sequence held out (its score is recorded), "
                         "or assets/trial_heldout.json, where `weights trial` recorded one")
+    w.add_argument("--input-scale", type=_float_in(0.25, 4), default=None,
+                   help="with bundle: how many times the model enlarges a frame before its forward (e.g. 2: CamVid's "
+                        "720x960 originals' size); every score is measured so (default: the record's present one, else 1)")
     w.add_argument("--data", default=None)
     w.set_defaults(func=cmd_weights)
 
@@ -693,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="val", help="val, seq:SEQ (a held-out sequence, e.g. seq:0006R0), ...")
     c.add_argument("--limit", type=_int_at_least(2), default=None, help="only the split's first N frames")
     c.add_argument("--weights", default=None, help="a safetensors file of --model (default: the bundled weights)")
+    c.add_argument("--input-scale", type=_float_in(0.25, 4), default=None, help=INPUT_SCALE_HELP)
     c.add_argument("--grid", type=_crf_axis, action="append", metavar="NAME=V[,V...]",
                    help="the values to search for one parameter (repeat per parameter; the others stay at their "
                         "defaults); one value each scores that one setting. Default: segviz.evaluate.CRF_GRID")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import env_number, viz
+from . import env_number, records, viz
 from .evaluate import ModelInput, labels_of, logits_of
 from .metrics import confusion_matrix, scores
 from .records import Record, resolve
@@ -38,6 +38,7 @@ class Prediction:
     ms: float  # forward latency
     probs: np.ndarray | None = field(default=None, repr=False)  # (C, H, W), kept for the CRF
     backend: str = "torch"  # what ran it (segviz.backends)
+    scale: float = 1.0  # how many times the image was enlarged for the forward (Record.scale_for)
 
 
 class ByteCache:
@@ -107,12 +108,13 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False, inputs=N
         return hit
     runner = load_runner(name)
     x = (inputs or ModelInput(image)).for_model(runner, runner.device)
+    scale = records.get(name).scale_for(*image.shape[:2])
     t = time.perf_counter()
-    logits = logits_of(runner, x, runner.device)
+    logits = logits_of(runner, x, runner.device, scale)
     ms = (time.perf_counter() - t) * 1000
     probs = logits.softmax(1)[0].cpu().numpy() if keep_probs else None
     labels = probs.argmax(0) if probs is not None else labels_of(logits)
-    result = Prediction(name, labels.astype(np.uint8), ms, probs, runner.backend)
+    result = Prediction(name, labels.astype(np.uint8), ms, probs, runner.backend, scale)
     _CACHE[key] = result
     return result
 
@@ -241,8 +243,10 @@ def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, p
 
 
 def overlay_title(r: Record, p: Prediction, crf: bool = False) -> str:
-    """"FCN-8s · 18 ms · torch": the model's short title, its forward's latency and the backend that ran it."""
-    return f"{r.short} · {p.ms:.0f} ms · {p.backend}" + (" · CRF" if crf else "")
+    """"FCN-8s · 18 ms · torch": the model's short title, its forward's latency and the backend that ran it
+    ("FCN-8s · x2 · 70 ms · torch" where the image was enlarged for the forward)."""
+    return (f"{r.short} · " + (f"x{p.scale:.3g} · " if p.scale != 1 else "") + f"{p.ms:.0f} ms · {p.backend}"
+            + (" · CRF" if crf else ""))
 
 
 def titles(c: Comparison) -> list[str]:
@@ -339,7 +343,8 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None, f
             "dataset": c.records[0].dataset.name, "classes": list(c.labels.classes),
             "image_size": list(c.image.shape[:2]),
             "models": [{"name": r.name, "title": r.title, "weights_file": r.file, "weights_sha256": r.sha256,
-                        "latency_ms": round(p.ms, 1), "backend": p.backend} for r, p in zip(c.records, c.predictions)],
+                        "latency_ms": round(p.ms, 1), "backend": p.backend, "input_scale": p.scale}
+                       for r, p in zip(c.records, c.predictions)],
             "settings": {"opacity": alpha, "crf": c.crf_params.as_dict() if c.crf_params else None,
                          **(settings or {})},
             "metrics": c.metrics,

@@ -54,9 +54,9 @@ class CRFParams:
 
 # What a model set's CRF starts at (the app's CRF panel, `predict --crf`, `review --crf`). CamVid's: per bilateral
 # parameter, the value that most of the twelve architectures' grid searches chose on the drive their held-out
-# runs never saw (assets/crf.json), scored for every architecture at once in assets/crf_preset.json (README,
-# "The dense CRF's effect"). Other sets start at pydensecrf's defaults.
-PRESETS = {"camvid": CRFParams(bilateral_sxy=30.0, bilateral_srgb=13.0, bilateral_compat=10.0)}
+# runs never saw, each run at its input scale as bundled (assets/crf.json), scored for every architecture at once
+# in assets/crf_preset.json (README, "The dense CRF's effect"). Other sets start at pydensecrf's defaults.
+PRESETS = {"camvid": CRFParams(bilateral_sxy=10.0, bilateral_srgb=3.0, bilateral_compat=10.0)}
 
 
 def preset(dataset: str) -> CRFParams:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .metrics import confusion_matrix, scores
@@ -28,10 +29,10 @@ def tensor_layout(t: torch.Tensor) -> torch.memory_format:
 
 
 @torch.inference_mode()
-def predict_logits(model, image: np.ndarray, device="cpu") -> torch.Tensor:
-    """Logits (1, C, H, W) of one RGB image at its own size; ``model`` is a module or a
-    :class:`segviz.backends.Runner`."""
-    return logits_of(model, model.normalize(to_tensor(image, device)), device)
+def predict_logits(model, image: np.ndarray, device="cpu", scale: float = 1.0) -> torch.Tensor:
+    """Logits (1, C, H, W) of one RGB image at its own size (the model run on it resized by ``scale``,
+    :func:`logits_of`); ``model`` is a module or a :class:`segviz.backends.Runner`."""
+    return logits_of(model, model.normalize(to_tensor(image, device)), device, scale)
 
 
 def labels_of(logits: torch.Tensor) -> np.ndarray:
@@ -62,8 +63,14 @@ class ModelInput:
 
 
 @torch.inference_mode()
-def logits_of(model, x: torch.Tensor, device="cpu") -> torch.Tensor:
-    """Logits (1, C, H, W) of a normalised input ``x`` (module or backend runner, as :func:`predict_logits`)."""
+def logits_of(model, x: torch.Tensor, device="cpu", scale: float = 1.0) -> torch.Tensor:
+    """Logits (1, C, H, W) of a normalised input ``x`` (module or backend runner, as :func:`predict_logits`);
+    with ``scale``, the model runs on ``x`` resized by that factor (bilinear) and its logits are brought back to
+    ``x``'s size (bilinear): a record's ``input_scale`` (:attr:`segviz.records.Record.input_scale`)."""
+    if scale != 1:
+        out = logits_of(model, F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                                             recompute_scale_factor=False), device)
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
     if not isinstance(model, torch.nn.Module):
         return model(x)["out"].float()
     with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
@@ -80,43 +87,35 @@ def predict_probs_tta(model, image: np.ndarray, scales=TTA_SCALES, flip: bool = 
     """Class probabilities (1, C, H, W) of one RGB image: the mean of the softmax over the image rescaled
     by each of ``scales`` (bilinear) and, with ``flip``, mirrored left-right too, each brought back to
     the image's size (and unmirrored) before averaging."""
-    import torch.nn.functional as F
-
     x = model.normalize(to_tensor(image, device))
-    size = x.shape[-2:]
     total = None
     for scale in scales:
-        xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
-                                                recompute_scale_factor=False)
         for mirrored in (False, True) if flip else (False,):
-            out = logits_of(model, xs.flip(-1) if mirrored else xs, device)
+            out = logits_of(model, x.flip(-1) if mirrored else x, device, scale)
             out = out.flip(-1) if mirrored else out
-            if out.shape[-2:] != size:
-                out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
             total = out.softmax(1) if total is None else total.add_(out.softmax(1))
     return total / (len(scales) * (2 if flip else 1))
 
 
 def evaluate(model, dataset, device="cpu", progress: bool = True, tta: bool = False, input_scale: float = 1.0) -> dict:
-    """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (scored at full resolution); with ``tta``,
-    of the predictions averaged over :data:`TTA_SCALES` and their mirror images; with ``input_scale``, of one
-    forward on each frame resized by that factor (bilinear), its class probabilities brought back to the frame's
-    size (:func:`predict_probs_tta` with one scale and no mirror)."""
-    if tta and input_scale != 1:
-        raise ValueError("choose --tta or --input-scale, not both")
+    """Per-class IoU, mIoU, pixel and class accuracy over ``dataset`` (scored at full resolution) of one forward
+    on each frame resized by ``input_scale`` (bilinear), its logits brought back to the frame's size
+    (:func:`logits_of`); with ``tta``, of the predictions averaged over :data:`TTA_SCALES` times ``input_scale``
+    and their mirror images."""
+    scales = tuple(s * input_scale for s in TTA_SCALES)
     model.eval()
     n = dataset.labels.num_classes
     cm = np.zeros((n, n), np.int64)
     for image, target in tqdm(dataset, desc="eval", disable=not progress, leave=False):
-        if tta or input_scale != 1:
-            out = predict_probs_tta(model, image, scales=TTA_SCALES if tta else (input_scale,), flip=tta, device=device)
+        if tta:
+            out = predict_probs_tta(model, image, scales, device=device)
         else:
-            out = predict_logits(model, image, device)
+            out = predict_logits(model, image, device, input_scale)
         cm += confusion_matrix(labels_of(out), target, n)
     result = scores(cm, dataset.labels.classes)
     result["images"] = len(dataset)
     if tta:
-        result["tta"] = {"scales": list(TTA_SCALES), "flip": True}
+        result["tta"] = {"scales": list(scales), "flip": True}
     if input_scale != 1:
         result["input_scale"] = input_scale
     return result
@@ -127,8 +126,10 @@ def evaluate(model, dataset, device="cpu", progress: bool = True, tta: bool = Fa
 CRF_GRID = {"bilateral_sxy": (10.0, 30.0, 80.0), "bilateral_srgb": (3.0, 5.0, 13.0), "bilateral_compat": (3.0, 5.0, 10.0)}
 
 
-def crf_study(model, dataset, device="cpu", tune_every: int = 4, progress: bool = True, grid: dict | None = None) -> dict:
-    """mIoU on ``dataset`` without the CRF and with its default parameters; then a grid search
+def crf_study(model, dataset, device="cpu", tune_every: int = 4, progress: bool = True, grid: dict | None = None,
+              input_scale: float = 1.0) -> dict:
+    """mIoU on ``dataset`` (the model run at ``input_scale``, as :func:`evaluate`) without the CRF and with its
+    default parameters; then a grid search
     (``grid``, default :data:`CRF_GRID`) on every ``tune_every``-th frame of the first half, and the
     tuned parameters scored on the second half. Each CamVid split here is one sequence or a few:
     halves, not alternate frames, so that near-duplicate neighbours do not leak between tuning and
@@ -143,7 +144,7 @@ def crf_study(model, dataset, device="cpu", tune_every: int = 4, progress: bool 
     model.eval()
     probs = []
     for image, _ in tqdm(dataset, desc="softmax", disable=not progress, leave=False):
-        probs.append(predict_logits(model, image, device).softmax(1)[0].cpu().numpy())
+        probs.append(predict_logits(model, image, device, input_scale).softmax(1)[0].cpu().numpy())
 
     def cms(indices, params):
         out = {}
@@ -167,7 +168,8 @@ def crf_study(model, dataset, device="cpu", tune_every: int = 4, progress: bool 
             best, best_params = m, params
     tuned = cms(second, best_params)
     return {
-        "images": len(dataset), "miou": round(miou(none, everything), 2),
+        "images": len(dataset), **({"input_scale": input_scale} if input_scale != 1 else {}),
+        "miou": round(miou(none, everything), 2),
         "miou_crf_default": round(miou(default, everything), 2),
         "second_half_miou": round(miou(none, second), 2),
         "second_half_miou_crf_default": round(miou(default, second), 2),

@@ -87,6 +87,21 @@ class Record:
             return ""
         return "trained on val" if self.metrics.get("val_trained_on") else f"{self.metrics['val_miou']:.2f}"
 
+    @property
+    def input_scale(self) -> float:
+        """How many times the model enlarges an image before its forward, its logits brought back to the image's
+        size: the manifest's ``input_scale``, chosen on the held-out sequence (1 for foreign models and where the
+        manifest sets none)."""
+        return float(self.metrics.get("input_scale", 1))
+
+    def scale_for(self, height: int, width: int) -> float:
+        """:attr:`input_scale` for an image of this size: an enlargement stops where the longer side reaches the
+        working-size cap (:data:`segviz.preprocess.MAX_SIDE`), and an image already past it is not shrunk."""
+        from .preprocess import MAX_SIDE
+
+        s = self.input_scale
+        return max(1.0, min(s, MAX_SIDE / max(height, width))) if s > 1 else s
+
     def missing(self) -> str | None:
         """None when the weights are on this machine; otherwise one line saying how to get them."""
         return self.missing_fn()

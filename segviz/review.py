@@ -220,10 +220,13 @@ class Store:
         return None if row is None else np.asarray(Image.open(io.BytesIO(row[0])))
 
 
-def settings_key(crf=None, backend: str | None = None) -> str:
+def settings_key(crf=None, backend: str | None = None, input_scale: float = 1.0) -> str:
     """A row's settings: :data:`PREPROCESSING` (with the backend, when one is named instead of eval's
-    torch module) and the CRF's parameters."""
+    torch module, and the model's input scale, :attr:`segviz.records.Record.input_scale`, when it is not 1)
+    and the CRF's parameters."""
     preprocessing = PREPROCESSING if backend is None else {**PREPROCESSING, "runner": backend}
+    if input_scale != 1:
+        preprocessing = {**preprocessing, "input_scale": input_scale}
     return json.dumps({"preprocessing": preprocessing, "crf": crf.as_dict() if crf is not None else None},
                       sort_keys=True)
 
@@ -268,7 +271,7 @@ def _forward(record, inputs, backend: str | None = None):
 
     model = load_model(record.name) if backend is None else load_runner(record.name, backend)
     device = model.device if backend else next(model.parameters()).device
-    return logits_of(model, inputs.for_model(model, device), device)
+    return logits_of(model, inputs.for_model(model, device), device, record.scale_for(*inputs.image.shape[:2]))
 
 
 def _score(record, logits, image: np.ndarray, truth: Truth, keys: list[str], crfs: dict, hashes) -> list[tuple]:
@@ -332,8 +335,9 @@ def resolve_backends(models: list, backend: str | None) -> dict[str, str | None]
     return {r.name: chosen(r) if r.trained_here else None for r in models}
 
 
-def _keys(crf, backend: str | None) -> list[str]:
-    return [settings_key(None, backend)] + ([settings_key(crf, backend)] if crf is not None else [])
+def _keys(crf, backend: str | None, input_scale: float) -> list[str]:
+    return [settings_key(None, backend, input_scale)] + ([settings_key(crf, backend, input_scale)] if crf is not None
+                                                          else [])
 
 
 @dataclass
@@ -351,14 +355,17 @@ class Review:
     backends: dict = field(default_factory=dict)  # model -> what ran it (resolve_backends; None: eval's module)
     trained_on: dict = field(default_factory=dict)  # model -> how many reviewed images it trained on (None: unknown)
 
+    def record(self, model: str):
+        return next(r for r in self.models if r.name == model)
+
     def settings(self, with_crf: bool, model: str) -> str:
-        return settings_key(self.crf if with_crf else None, self.backends.get(model))
+        return settings_key(self.crf if with_crf else None, self.backends.get(model), self.record(model).input_scale)
 
     def variants(self) -> list[bool]:
         return [False, True] if self.crf is not None else [False]
 
     def prediction(self, model: str, with_crf: bool, index: int) -> np.ndarray:
-        record = next(r for r in self.models if r.name == model)
+        record = self.record(model)
         item, image, label = self.items[index]
         return self.store.prediction(model, record.sha256, self.settings(with_crf, model), image, label)
 
@@ -378,7 +385,8 @@ def plan(source: Source, models: list, store: Store, crf=None, skipped=None, bac
             skipped.append((entry[0].name, why))
         else:
             items.append(entry)
-    done = {(r.name, k): store.done(r.name, r.sha256, k) for r in models for k in _keys(crf, backends.get(r.name))}
+    done = {(r.name, k): store.done(r.name, r.sha256, k) for r in models
+            for k in _keys(crf, backends.get(r.name), r.input_scale)}
     work = []
     for i, (_, image, label) in enumerate(items):
         lacking = [(m, k) for (m, k), rows in done.items() if (image, label) not in rows]
@@ -404,7 +412,7 @@ def compute(items, pending: list, models: list, put, crf, labelset, skipped: lis
         return 0
     by_name = {r.name: r for r in models}
     backends = backends or {}
-    crfs = {k: (crf if i else None) for r in models for i, k in enumerate(_keys(crf, backends.get(r.name)))}
+    crfs = {k: (crf if i else None) for r in models for i, k in enumerate(_keys(crf, backends.get(r.name), r.input_scale))}
     with ThreadPoolExecutor(1, thread_name_prefix="review-score") as pool:  # scores one model while the next runs
         return _compute_chunks(items, pending, by_name, put, crfs, labelset, skipped, progress, cancelled, backends,
                                pool)
@@ -552,7 +560,7 @@ def to_json(review: Review) -> dict:
     models = []
     for r in review.models:
         entry = {"name": r.name, "title": r.title, "weights_sha256": r.sha256,
-                 "runner": review.backends.get(r.name) or PREPROCESSING["runner"],
+                 "runner": review.backends.get(r.name) or PREPROCESSING["runner"], "input_scale": r.input_scale,
                  "trained_on_images": review.trained_on.get(r.name), **summary(review, r, False)}
         if review.crf is not None:
             entry["crf"] = summary(review, r, True)

@@ -54,6 +54,16 @@ def tensors_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
+def same_contents(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two safetensors files hold the same tensors and metadata. safetensors writes its metadata in no
+    fixed order, so two saves of the same weights can differ in their bytes (and sha256)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    metadata = [safe_open(str(p), "pt").metadata() for p in (a, b)]
+    return metadata[0] == metadata[1] and tensors_sha256(load_file(str(a))) == tensors_sha256(load_file(str(b)))
+
+
 def load_safetensors(model: torch.nn.Module, path: str | os.PathLike, check: str = "quiet") -> torch.nn.Module:
     """Load with strict=True, casting stored float16 back to the model's dtype. A file that is not
     safetensors, is cut short, does not fit the model, or whose tensors differ from the checksum

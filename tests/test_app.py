@@ -72,6 +72,8 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
     short = np.zeros((20, 30, 3), np.uint8)
     assert viz.with_colour_bar(short, "magma", [(0, "0")], "x") is short
     assert [t.split(" · ")[0] for _, t in r["overlays"]] == TITLES
+    # each title says the frame was enlarged to the record's input scale for the forward
+    assert [t.split(" · ")[1] for _, t in r["overlays"]] == [f"x{records.get(n).input_scale:g}" for n in READY]
     assert all(o.shape == (360, 480, 3) for o, _ in r["overlays"])
     # The pixel readout: each model's class at a road pixel, and the truth's.
     rows = classes_at(r["view"].comparison, (340, 240))
@@ -116,6 +118,7 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
         labels = np.asarray(Image.open(z.open(f"labels/{READY[0]}.png")))
         errors = np.asarray(Image.open(z.open(f"errors/{READY[0]}.png")))
     assert [m["weights_sha256"] for m in card["models"]] == [manifest[n]["sha256"] for n in READY]
+    assert [m["input_scale"] for m in card["models"]] == [manifest[n]["input_scale"] for n in READY]
     assert card["settings"]["opacity"] == 0.0 and READY[0] in card["metrics"]
     assert labels.shape == (360, 480) and labels.max() < 11
     assert np.array_equal(errors, r["errors"][0][0])
@@ -123,6 +126,29 @@ def test_compare_runs_every_ready_model_and_scores_them(frame):
 
     assert card["input"] == {"name": "0016E5_07959.png", "sha256": hashlib.sha256(Path(image).read_bytes()).hexdigest()}
     assert card["ground_truth"]["sha256"] == hashlib.sha256(Path(mask).read_bytes()).hexdigest()
+
+
+@needs_weights
+def test_a_record_runs_on_the_image_enlarged_to_its_input_scale_within_the_working_size_cap(frame):
+    """A CamVid record runs on a 360x480 frame enlarged 2x, its logits brought back to the frame's size; a larger
+    image is enlarged only up to the 1024 px working-size cap, one past it not at all, and a VOC model never."""
+    from segviz.compare import predict_one
+    from segviz.evaluate import ModelInput, labels_of, logits_of
+    from segviz.inference import load_runner
+    from segviz.preprocess import prepare_image
+
+    name = "fcn8s_mobilenet_edgetpu.camvid"
+    record = records.get(name)
+    assert record.input_scale == 2
+    assert record.scale_for(360, 480) == 2 and record.scale_for(720, 960) == 1024 / 960
+    assert record.scale_for(768, 1024) == 1 and record.scale_for(1500, 2000) == 1
+    assert records.get("deeplabv3_mnv2.voc").input_scale == 1
+    image = prepare_image(frame[0]).image
+    got = predict_one(name, image)
+    runner = load_runner(name)
+    x = ModelInput(image).for_model(runner, runner.device)
+    assert got.scale == 2 and np.array_equal(got.labels, labels_of(logits_of(runner, x, runner.device, 2)))
+    assert not np.array_equal(got.labels, labels_of(logits_of(runner, x, runner.device)))
 
 
 @needs_weights
@@ -246,6 +272,7 @@ def test_models_tab_lists_every_record_and_every_untrained_architecture():
         assert rows[name][col["val mIoU (ours)"]] == val
         if "heldout" in entry:
             assert rows[name][col["held-out sequence mIoU (ours)"]].startswith(str(entry["heldout"]["miou"]))
+        assert rows[name][col["input scale"]] == f"x{entry['input_scale']:g}"
         assert rows[name][col["trained on"]] == "camvid"
     review = col["VOC12 test mIoU (review)"]
     assert rows["fcn8s_mobilenet_edgetpu.camvid"][review] == 62.2  # the review's FCN figure
@@ -518,7 +545,8 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
                                ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
         alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
         assert [a.split(" · ")[0] for a in alts] == TITLES
-        forwards = sum(float(a.split(" · ")[1].split()[0]) for a in alts) / 1000  # each title carries its forward
+        # each title carries its forward: "FCN-8s · x2 · 120 ms · openvino"
+        forwards = sum(float(next(f for f in a.split(" · ") if f.endswith(" ms"))[:-3]) for a in alts) / 1000
         # The overlays stream in model by model; the legend and the figures come with the last step.
         page.wait_for_function("document.querySelectorAll('#legend .segviz-legend-item').length > 0",
                                timeout=120_000)

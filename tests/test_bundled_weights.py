@@ -44,7 +44,8 @@ def test_bundled_model_keeps_its_measured_quality(name, camvid_root):
     entry = read_manifest()[name]
     subset = val_subset(camvid_root)
     assert [p[0].name for p in subset.pairs] == entry["subset"]["images"]
-    result = evaluate(load_model(name, device="cpu"), subset, progress=False)
+    # at the record's input scale, as the app runs it and as the entry's scores were measured
+    result = evaluate(load_model(name, device="cpu"), subset, progress=False, input_scale=entry.get("input_scale", 1))
     assert abs(result["miou"] - entry["subset"]["miou"]) <= 1.0, (result["miou"], entry["subset"]["miou"])
 
 
@@ -160,5 +161,7 @@ def test_bundled_weights_of_a_held_out_run_score_its_held_out_column(name, camvi
     held = entry["heldout"]
     assert held["split"] == "seq:" + entry["train_split"].removeprefix("noseq:")
     assert entry["recipe"] == {**held["recipe"], "arch": entry["arch"]} and entry["best_epoch"] == held["epoch"]
-    result = evaluate(load_model(name, device="cpu"), CamVid(camvid_root, held["split"]), progress=False)
+    assert held.get("input_scale", 1) == entry.get("input_scale", 1)
+    result = evaluate(load_model(name, device="cpu"), CamVid(camvid_root, held["split"]), progress=False,
+                      input_scale=entry.get("input_scale", 1))
     assert abs(result["miou"] - held["miou"]) <= 0.1, (result["miou"], held["miou"])

@@ -124,7 +124,7 @@ def test_report_prints_the_bundled_models(capsys):
     for name, entry in read_manifest().items():
         row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
         frames = {"train": "train", "trainval": "train + val", "noseq:0006R0": "train + val without 0006R0"}
-        assert row.startswith(f"| {name} | {frames[entry['train_split']]} |")
+        assert row.startswith(f"| {name} | {frames[entry['train_split']]} | x{entry.get('input_scale', 1):g} |")
         if some_val:
             val = "trained on val" if entry.get("val_trained_on") else f"{entry['val_miou']:.2f}"
             assert f"| {val} | {entry['num_params'] / 1e6:.2f}M |" in row
@@ -146,13 +146,19 @@ def test_report_prints_the_bundled_models(capsys):
         assert row.endswith(f"| {r['backend']} | {r['ratio']:.3f} | {r['gmacs']:.2f} | {r['gmacs_per_s']:.1f} |")
         assert f"| {r['ms']:.1f} |" in row
     held = {e["model"]: e["heldout"] for e in read_manifest().values() if "heldout" in e}
+    assert all(h["input_scale"] == 2 for h in held.values())  # the bundled models run on the frames enlarged 2x
+
+    def at_one(h):  # the held-out run's mIoU at input scale 1, as validated during training
+        return h["miou_at_input_scale"]["1"]
+
     rows = json.loads((ROOT / "assets" / "crf.json").read_text())
     at_preset = {r["model"]: r for r in json.loads((ROOT / "assets" / "crf_preset.json").read_text())}
     assert sorted(r["model"] for r in rows) == sorted(held) == sorted(at_preset)
-    assert "| model | seq:0006R0 mIoU |" in out
-    for r in rows:  # the CRF study measured each architecture's held-out run on the drive it never saw
+    assert "| model | seq:0006R0 mIoU (input x2) |" in out
+    for r in rows:  # the CRF study measured each architecture's held-out run on the drive it never saw, as bundled
         h, p = held[r["model"]], at_preset[r["model"]]
         assert (r["split"], r["weights_sha256"], r["images"]) == (h["split"], h["weights_sha256"], 101), r["model"]
+        assert r["input_scale"] == p["input_scale"] == h["input_scale"], r["model"]
         assert r["miou"] == pytest.approx(h["miou"], abs=0.01), r["model"]
         # the preset's run: the same weights and frames, so the same scores without the CRF and with its defaults
         assert {k: p[k] for k in ("split", "weights_sha256", "miou", "miou_crf_default", "second_half_miou")} == {
@@ -166,7 +172,8 @@ def test_report_prints_the_bundled_models(capsys):
     for r in tta:  # multi-scale + flip inference (`eval --tta`) of the same held-out runs on the same frames
         h = held[r["model"]]
         assert (r["split"], r["weights_sha256"]) == (h["split"], h["weights_sha256"]), r["model"]
-        assert r["miou"] == pytest.approx(h["miou"], abs=0.01) and r["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
+        # run at input scale 1, before the bundled models ran at 2
+        assert r["miou"] == pytest.approx(at_one(h), abs=0.01) and r["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
         assert f"| {r['model']} | {r['miou']:.2f} | {r['miou_tta']:.2f} | {r['miou_tta'] - r['miou']:+.2f} |" in out
     trial = json.loads((ROOT / "assets" / "trial_heldout.json").read_text())
     by_arch = {registry.get_spec(m).arch: h for m, h in held.items()}
@@ -174,11 +181,11 @@ def test_report_prints_the_bundled_models(capsys):
     for t in trial:  # each trial run against the bundled architecture's held-out run, on the same frames
         spec = registry.get_spec(t["model"])
         h = by_arch[spec.arch]
-        at = h["miou_at_input_scale"]  # the bundled weights run on the frames enlarged 1.5 and 2 times
+        at = h["miou_at_input_scale"]  # the bundled weights run on the frames at their own size and enlarged 1.5 times
         assert t["split"] == h["split"] and t["recipe"]["val_split"] == t["split"]
         row = next(line for line in out.splitlines() if line.startswith(f"| {spec.arch} | {h['miou']:.2f} | "))
-        assert row.startswith(f"| {spec.arch} | {h['miou']:.2f} | {at['1.5']:.2f} | {at['2']:.2f} | "
-                              f"{t['miou']:.2f} ({t['epoch']}) | {t['miou'] - h['miou']:+.2f} | ")
+        assert row.startswith(f"| {spec.arch} | {h['miou']:.2f} | {at['1']:.2f} | {at['1.5']:.2f} | "
+                              f"{t['miou']:.2f} ({t['epoch']}) | {t['miou'] - at['1']:+.2f} | ")
         assert row.endswith(f"| {spec.backbone} |")
 
 
@@ -204,9 +211,10 @@ def test_predict_writes_label_maps_at_the_image_size_for_both_sets(capsys, tmp_p
     assert code == 0 and "wrote 4 files" in out
     labels = np.asarray(Image.open(tmp_path / "o" / "fcn8s_mobilenet_edgetpu.camvid" / "0016E5_07959.png"))
     assert labels.shape == (360, 480) and labels.max() < 11
-    # The model's own arg-max, computed without the comparison pipeline (whose cache predict filled).
+    # The model's own arg-max at the record's input scale, computed without the comparison pipeline (whose cache
+    # predict filled).
     rgb = np.asarray(Image.open(frame).convert("RGB"))
-    same = labels_of(predict_logits(load_model("fcn8s_mobilenet_edgetpu.camvid"), rgb))
+    same = labels_of(predict_logits(load_model("fcn8s_mobilenet_edgetpu.camvid"), rgb, scale=2))
     assert np.array_equal(labels, same)
     assert np.asarray(Image.open(tmp_path / "o" / "fcn8s_mobilenet_edgetpu.camvid" / "big.png")).shape == (1100, 1300)
     overlay = Image.open(tmp_path / "o" / "fcn8s_mobilenet_edgetpu.camvid" / "0016E5_07959_overlay.png")
@@ -297,10 +305,10 @@ def test_eval_tta_scores_the_averaged_predictions(capsys, camvid_root):
 
     code, out, _ = run(capsys, "eval", "--model", "fcn8s_mobilenet_edgetpu.camvid", "--data", str(camvid_root),
                        "--split", "seq:0006R0", "--limit", "1", "--tta", "--json")
-    result = json.loads(out)
-    assert code == 0 and result["tta"] == {"scales": [0.75, 1.0, 1.25], "flip": True}
+    result = json.loads(out)  # 0.75, 1 and 1.25 times the record's input scale, 2
+    assert code == 0 and result["tta"] == {"scales": [1.5, 2.0, 2.5], "flip": True}
     image, target = CamVid(camvid_root, "seq:0006R0", limit=1)[0]
-    probs = predict_probs_tta(load_model("fcn8s_mobilenet_edgetpu.camvid"), image)
+    probs = predict_probs_tta(load_model("fcn8s_mobilenet_edgetpu.camvid"), image, scales=(1.5, 2.0, 2.5))
     want = scores(confusion_matrix(labels_of(probs), target, 11), CamVid(camvid_root, "val").labels.classes)
     assert result["miou"] == want["miou"] and result["per_class_iou"] == want["per_class_iou"]
 
@@ -324,11 +332,25 @@ def test_eval_input_scale_runs_the_model_on_the_resized_frame_and_scores_at_its_
     want = scores(confusion_matrix(labels_of(logits), target, 11), CamVid(camvid_root, "val").labels.classes)
     assert result["miou"] == want["miou"] and result["per_class_iou"] == want["per_class_iou"]
     plain = json.loads(run(capsys, "eval", "--model", "fcn8s_mobilenet_edgetpu.camvid", "--data", str(camvid_root),
-                           "--split", "seq:0006R0", "--limit", "1", "--json")[1])
+                           "--split", "seq:0006R0", "--limit", "1", "--input-scale", "1", "--json")[1])
     assert plain["miou"] != result["miou"] and "input_scale" not in plain
-    code, _, err = run(capsys, "eval", "--model", "fcn8s_mobilenet_edgetpu.camvid", "--data", str(camvid_root),
-                       "--limit", "1", "--tta", "--input-scale", "2")
-    assert code != 0 and "choose --tta or --input-scale" in err
+
+
+def test_eval_runs_a_record_at_its_input_scale_unless_told_otherwise(capsys, camvid_root):
+    """The bundled CamVid records run on the frame enlarged 2x (the manifest's input_scale); eval does the same by
+    default, --input-scale overrides it, and a --weights file (not the record's) runs at 1."""
+    from segviz import records
+    from segviz.weights import WEIGHTS_DIR
+
+    assert records.get("fcn8s_mobilenet_edgetpu.camvid").input_scale == 2
+    args = ("eval", "--model", "fcn8s_mobilenet_edgetpu.camvid", "--data", str(camvid_root), "--limit", "1", "--json")
+    default = json.loads(run(capsys, *args)[1])
+    assert default["input_scale"] == 2
+    assert json.loads(run(capsys, *args, "--input-scale", "2")[1])["miou"] == default["miou"]
+    weights = WEIGHTS_DIR / records.get("fcn8s_mobilenet_edgetpu.camvid").file  # the same file, as any other file
+    plain = json.loads(run(capsys, "eval", "--model", "fcn8s_mobilenet_edgetpu", "--weights", str(weights),
+                           "--data", str(camvid_root), "--limit", "1", "--json")[1])
+    assert "input_scale" not in plain and plain["miou"] != default["miou"]
 
 
 def test_eval_says_how_many_frames_the_bundled_model_trained_on(capsys, camvid_root):

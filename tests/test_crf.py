@@ -184,11 +184,12 @@ def test_crf_tune_names_its_split_weights_and_grid(camvid_root, capsys, tmp_path
                  "--data", str(camvid_root), *one]) == 0
     bundled = json.loads(capsys.readouterr().out)
     assert (bundled["split"], bundled["images"], bundled["weights_sha256"]) == ("seq:0006R0", 2, record.sha256)
+    assert bundled["input_scale"] == record.input_scale == 2  # the record runs on the frames enlarged 2x
     assert bundled["tuned_params"] == {**CRFParams().as_dict(), "bilateral_srgb": 5.0, "bilateral_compat": 3.0}
     copy = tmp_path / "w.safetensors"
     shutil.copy(WEIGHTS_DIR / record.file, copy)
     assert main(["crf-tune", "--model", "fcn32s_mobilenet_edgetpu", "--weights", str(copy), "--split", "seq:0006R0",
-                 "--limit", "2", "--json", "--data", str(camvid_root), *one]) == 0
+                 "--limit", "2", "--json", "--data", str(camvid_root), "--input-scale", "2", *one]) == 0
     own = json.loads(capsys.readouterr().out)
     assert own["weights_sha256"] == sha256_file(copy) and own["miou"] == bundled["miou"]
     for bad, message in [("bilateral_sxy=0", "bilateral_sxy must be positive"), ("scale=0.5", "NAME one of"),

@@ -136,10 +136,12 @@ def test_csv_has_a_row_per_image_and_model(reviewed, capsys, camvid_root):
     rows = [r for r in csv.DictReader(open(out)) if r["crf"] in ("False", "0", "")]  # the rows without the CRF
     assert [r["image"] for r in rows] == ["0016E5_07959.png", "0016E5_07961.png"]
     assert {r["model"] for r in rows} == {FCN8S} and set(data["classes"]) <= set(rows[0])
-    # Each row's mIoU is that image's own, as a direct prediction and count give it.
-    model = load_model(FCN8S)
+    # Each row's mIoU is that image's own, as a direct prediction (at the record's input scale) and count give it.
+    from segviz import records
+
+    model, scale = load_model(FCN8S), records.get(FCN8S).input_scale
     for row, (image, target) in zip(rows, CamVid(camvid_root, "val", limit=2)):
-        own = scores(confusion_matrix(labels_of(predict_logits(model, image)), target, 11))["miou"]
+        own = scores(confusion_matrix(labels_of(predict_logits(model, image, scale=scale)), target, 11))["miou"]
         assert float(row["miou"]) == pytest.approx(own, abs=0.01), row["image"]
 
 
@@ -499,6 +501,8 @@ def test_a_backend_is_checked_before_anything_runs():
     with pytest.raises(ValueError, match="unknown backend"):
         review.choose_models([FCN8S], "camvid", "tensorrt")
     assert review.settings_key(None, "openvino") != review.settings_key(None)  # its rows are its own
+    # so are a model's run at another input scale (the same weights file, enlarged frames)
+    assert review.settings_key(None, None, 2.0) != review.settings_key(None) == review.settings_key(None, None, 1.0)
 
 
 def test_a_second_pass_reads_the_database_without_importing_torch(reviewed):

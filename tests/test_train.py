@@ -243,8 +243,12 @@ def test_a_held_out_run_bundles_with_its_held_out_scores(camvid_root, tmp_path, 
     assert entry["epoch_seconds_median"] == round((log[0]["seconds"] + log[1]["seconds"]) / 2, 1)
     assert json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]["sha256"] == sha256_file(
         manifest.parent / entry["file"])
-    # Bundled again without --heldout-run (as a train+val run of the recipe is): the held-out record stays.
-    assert bundle(MODEL, run, data=camvid_root, manifest=manifest)["heldout"] == held
+    # Bundled again without --heldout-run (as a train+val run of the recipe is): the held-out record stays, and the
+    # same weights leave the file byte for byte as it was (safetensors orders its metadata differently each save).
+    first = (manifest.parent / entry["file"]).read_bytes()
+    again = bundle(MODEL, run, data=camvid_root, manifest=manifest)
+    assert again["heldout"] == held and again["sha256"] == entry["sha256"]
+    assert (manifest.parent / entry["file"]).read_bytes() == first and not list(manifest.parent.glob(".*.tmp"))
     entry = json.loads(manifest.read_text())["models"][f"{MODEL}.camvid"]
     # Bundling again, interrupted while it evaluates the new file: the bundled file and its entry stay a pair.
     import segviz.bundle
@@ -316,6 +320,46 @@ def test_held_out_scores_are_recorded_for_a_bundled_model_without_touching_its_w
         record_heldout(f"{MODEL}.camvid", {**held, "recipe": {"model": "fcn8s_efficientnet_lite0"}}, manifest)
     with pytest.raises(ValueError, match="no bundled model"):
         record_heldout("unet_efficientnet_lite0.camvid", held, manifest)
+    # scores of the model run at another input scale than the record's describe something else
+    manifest.write_text(json.dumps({"models": {f"{MODEL}.camvid": {**entry, "input_scale": 2.0}}}))
+    with pytest.raises(ValueError, match="input scale 1, .* runs at 2"):
+        record_heldout(f"{MODEL}.camvid", held, manifest)
+
+
+def test_a_held_out_run_is_scored_at_the_input_scale_its_model_is_bundled_at(camvid_root, tmp_path):
+    """`weights bundle --input-scale S --heldout-run RUN`: the run's kept weights scored on the frames enlarged S times
+    (mIoU, per-class IoU, accuracies), its training-time validation kept as the mIoU at 1; scores at another scale,
+    or a file of scores with no weights to run, are refused before anything is written."""
+    from segviz.bundle import bundle, heldout_of, heldout_scores, rescored
+    from segviz.data.camvid import CamVid
+    from segviz.evaluate import evaluate
+    from segviz.registry import build
+    from segviz.weights import load_safetensors
+
+    model_name = "fcn8s_mobilenet_edgetpu"
+    recipe = Recipe(model=model_name, epochs=1, batch_size=2, crop=(64, 96), eval_every=1,
+                    train_split="noseq:0006R0", val_split="seq:0006R0")
+    train(recipe, data=camvid_root, out=tmp_path / "runs", limit=2, progress=False, workers=0)
+    run = tmp_path / "runs" / model_name
+    held = heldout_scores(run)
+    at = rescored(run, held, 2.0, data=camvid_root, limit=2)
+    model = load_safetensors(build(model_name, num_classes=11), run / "best.safetensors")
+    frames = CamVid(camvid_root, "seq:0006R0", limit=2)
+    want = evaluate(model, frames, progress=False, input_scale=2.0)
+    assert at["input_scale"] == 2.0 and at["miou"] == round(want["miou"], 2)
+    assert at["per_class_iou"] == want["per_class_iou"] and at["pixel_acc"] == round(want["pixel_acc"], 2)
+    assert at["miou_at_input_scale"] == {"1": held["miou"], "1.5": round(
+        evaluate(model, frames, progress=False, input_scale=1.5)["miou"], 2)}
+    assert {k: v for k, v in at.items() if k not in want and k not in ("input_scale", "miou_at_input_scale")} == {
+        k: v for k, v in held.items() if k not in want}  # split, epochs, recipe, weights as they were
+    scores_file = tmp_path / "trial.json"
+    scores_file.write_text(json.dumps([{"model": model_name, **held}]))
+    with pytest.raises(ValueError, match="holds scores, not weights"):
+        heldout_of(scores_file, model_name, 2.0)
+    manifest = tmp_path / "weights" / "manifest.json"
+    with pytest.raises(ValueError, match="scores are of input scale 1, the model runs at 2"):
+        bundle(model_name, run, data=camvid_root, manifest=manifest, heldout=held, input_scale=2.0)
+    assert not manifest.parent.exists()
 
 
 def _finished_run(folder, recipe: Recipe, scores: list[float], per_class: dict, pixel_acc: float):

@@ -11,8 +11,8 @@ BENCH_FILE = PROJECT_ROOT / "assets" / "bench.json"
 MODELS_FILE = PROJECT_ROOT / "assets" / "models.json"
 
 HEADERS = ["model", "trained on", "paper", "year", "arXiv", "key idea", "VOC12 test mIoU (review)", "params (M)",
-           "output stride", "theoretical field at 360x480", "val mIoU (ours)", "held-out sequence mIoU (ours)",
-           "latency 360x480 CPU (ms)"]
+           "output stride", "theoretical field at 360x480", "input scale", "val mIoU (ours)",
+           "held-out sequence mIoU (ours)", "latency 360x480 CPU (ms)"]
 
 
 def models_html() -> str:
@@ -59,7 +59,7 @@ def model_rows() -> list[list]:
                      f"[{spec.arxiv}]({spec.arxiv_url})" if spec else "", spec.key_idea if spec else r.note,
                      (spec.voc12_miou or "") if spec else "",
                      round(m["num_params"] / 1e6, 2) if "num_params" in m else "",
-                     spec.output_stride if spec else "", _field(info),
+                     spec.output_stride if spec else "", _field(info), f"x{r.input_scale:g}",
                      r.val_miou, f"{held['miou']} ({held['split']})" if held else "",
                      latency.get(r.network, "")])
     for s in registry.list_models():
@@ -71,7 +71,7 @@ def model_rows() -> list[list]:
                 else "paper-faithful configuration (no weights)")
         rows.append([s.name, kind,
                      s.paper, s.year, f"[{s.arxiv}]({s.arxiv_url})", s.key_idea, s.voc12_miou or "",
-                     round(params / 1e6, 2), s.output_stride, _field(info), "", "", latency.get(s.name, "")])
+                     round(params / 1e6, 2), s.output_stride, _field(info), "", "", "", latency.get(s.name, "")])
     return rows
 
 
@@ -80,5 +80,6 @@ def build_tab(gr):
         gr.Markdown("Every trained model (the compact MobileNet-EdgeTPU configurations trained on CamVid here, the "
                     "PASCAL VOC models trained by others), then every configuration without weights, the "
                     "paper-faithful VGG16/ResNet ones included (parameters for 21 classes). VOC12 scores are the PASCAL VOC 2012 test mIoU the 2017 review quotes for the papers' own models; "
-                    "latency comes from `python -m segviz bench` (assets/bench.json).")
+                    "input scale: how many times a model enlarges an image before its forward, chosen on the held-out sequence; "
+                    "latency comes from `python -m segviz bench` (assets/bench.json), the network alone at 360x480.")
         return gr.HTML(models_html(), elem_id="models-table")
