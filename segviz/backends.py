@@ -10,10 +10,11 @@ The same trained network can run as:
 - ``onnxruntime``: exported to ONNX (``torch.onnx.export``) and run by ONNX Runtime.
 
 No layout or backend is fastest everywhere, so at a model's first use on a machine
-:func:`runner` times every available backend on one 360x480 input, keeps the fastest whose
-arg-max agrees with PyTorch's on at least 99.9% of the pixels, and remembers the choice in the
-user cache (``~/.cache/segviz/backends.json``) under a key made of the CPU model, the thread
-count, the library versions, the runners' revision and the weights' sha256.
+:func:`runner` times every available backend on one input, a 360x480 frame enlarged by the model's
+input scale (720x960 for the CamVid models, which run at x2), keeps the fastest whose arg-max agrees
+with PyTorch's on at least 99.9% of the pixels, and remembers the choice in the user cache
+(``~/.cache/segviz/backends.json``) under a key made of the CPU model, the thread count, the library
+versions, the runners' revision, the probe's size and the weights' sha256.
 ``SEGVIZ_BACKEND=NAME`` (or ``--backend`` in the CLI) overrides the choice. On CUDA the model stays
 on PyTorch with fp16 autocast.
 """
@@ -40,7 +41,7 @@ import torch
 from .evaluate import layout as layout_of
 
 BACKENDS = ("torch", "torch-channels-last", "openvino", "onnxruntime")
-PROBE_SIZE = (360, 480)
+PROBE_SIZE = (360, 480)  # a CamVid frame, and a 4:3 photo at the app's working size, before the input scale
 MIN_AGREEMENT = 0.999
 STATIC_SIZES = 4  # input sizes OpenVINO keeps a compiled model for
 RUNNERS_REVISION = 2  # in the remembered choices' key: runners that changed are timed again
@@ -327,21 +328,27 @@ def _choices_file() -> Path:
     return cache_dir() / "backends.json"
 
 
-def machine_key(sha256: str) -> str:
+def probe_size(scale: float = 1.0) -> tuple[int, int]:
+    """The size a model is timed at: :data:`PROBE_SIZE` enlarged by the model's input scale (the size its
+    forwards run at), since a backend's lead can change with the input size."""
+    return round(PROBE_SIZE[0] * scale), round(PROBE_SIZE[1] * scale)
+
+
+def machine_key(sha256: str, size=PROBE_SIZE) -> str:
     v = versions()
     return (f"{cpu_name()}|threads {torch.get_num_threads()}|torch {v['torch']}|openvino {v['openvino']}|"
-            f"onnxruntime {v['onnxruntime']}|runners {RUNNERS_REVISION}|{sha256}")
+            f"onnxruntime {v['onnxruntime']}|runners {RUNNERS_REVISION}|probe {size[0]}x{size[1]}|{sha256}")
 
 
-def remembered(sha256: str) -> str | None:
+def remembered(sha256: str, size=PROBE_SIZE) -> str | None:
     try:
-        return json.loads(_choices_file().read_text()).get(machine_key(sha256), {}).get("backend")
+        return json.loads(_choices_file().read_text()).get(machine_key(sha256, size), {}).get("backend")
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def remember(sha256: str, backend: str, measured: dict) -> None:
-    _remember_entry(machine_key(sha256), {"backend": backend, "measured": measured})
+def remember(sha256: str, backend: str, measured: dict, size=PROBE_SIZE) -> None:
+    _remember_entry(machine_key(sha256, size), {"backend": backend, "measured": measured})
 
 
 def _remember_entry(key: str, entry: dict) -> None:
@@ -358,12 +365,12 @@ def _remember_entry(key: str, entry: dict) -> None:
         os.replace(tmp, path)
 
 
-def remembered_timings(sha256: str | None) -> dict[str, dict]:
+def remembered_timings(sha256: str | None, size=PROBE_SIZE) -> dict[str, dict]:
     """Every backend's timing remembered for these weights on this machine: the backend choice's and the
     torch layouts' (:func:`torch_layout`), the choice's winning where both timed a backend."""
     if not sha256:
         return {}
-    key = machine_key(sha256)
+    key = machine_key(sha256, size)
     try:
         known = json.loads(_choices_file().read_text())
     except (OSError, ValueError):
@@ -371,7 +378,7 @@ def remembered_timings(sha256: str | None) -> dict[str, dict]:
     return {**(known.get(f"{key}|layout") or {}).get("measured", {}), **(known.get(key) or {}).get("measured", {})}
 
 
-def torch_layout(model: torch.nn.Module, sha256: str | None) -> torch.memory_format:
+def torch_layout(model: torch.nn.Module, sha256: str | None, size=PROBE_SIZE) -> torch.memory_format:
     """The faster memory layout for running ``model`` in torch on this CPU (CUDA: channels_last, for its
     fp16 tensor cores): from the backend measurement remembered for these weights when there is one,
     else measured now (torch's two layouts only) and remembered; ``SEGVIZ_BACKEND=torch`` or
@@ -382,13 +389,13 @@ def torch_layout(model: torch.nn.Module, sha256: str | None) -> torch.memory_for
     names = {"torch": torch.contiguous_format, "torch-channels-last": torch.channels_last}
     if requested() in names:  # SEGVIZ_BACKEND names a torch layout: that one, unmeasured
         return names[requested()]
-    measured = remembered_timings(sha256)
+    measured = remembered_timings(sha256, size)
     if not all("ms" in measured.get(n, {}) for n in names):
         # at the full probe size: at a quarter of it the two layouts came within 10% for DeepLab v1, whose
         # channels_last forward is 3.7x slower at 360x480 on the same CPU
-        measured = measure(model, None, backends=tuple(names), runs=1)
+        measured = measure(model, None, size=size, backends=tuple(names), runs=1)
         if sha256:
-            _remember_entry(f"{machine_key(sha256)}|layout", {"measured": measured})
+            _remember_entry(f"{machine_key(sha256, size)}|layout", {"measured": measured})
     timed = {n: measured[n]["ms"] for n in names if "ms" in measured.get(n, {})}
     return names[min(timed, key=timed.get)] if timed else torch.contiguous_format
 
@@ -401,22 +408,23 @@ def requested() -> str | None:
     return name
 
 
-def runner(model: torch.nn.Module, sha256: str | None, backend: str | None = None) -> Runner:
+def runner(model: torch.nn.Module, sha256: str | None, backend: str | None = None, size=PROBE_SIZE) -> Runner:
     """The model on ``backend``, else on ``SEGVIZ_BACKEND``, else on the backend measured fastest on
-    this machine (measured once, then remembered). Falls back to ``torch`` when the chosen backend
-    is not installed, and says why in ``runner.note``."""
+    this machine at ``size`` (measured once, then remembered). Falls back to ``torch`` when the chosen
+    backend is not installed, and says why in ``runner.note``."""
     device = next(model.parameters()).device
     if device.type == "cuda":  # torch with fp16 autocast, in the layout load_model gave it (no copy)
         return make(model, "torch-channels-last" if layout_of(model) == torch.channels_last else "torch")
     backend = backend or requested()
     if backend is None:
-        backend = remembered(sha256) if sha256 else None
+        backend = remembered(sha256, size) if sha256 else None
         if backend is None:  # the torch layouts may already be timed (load_model chose one): not again
-            known = {n: m for n, m in remembered_timings(sha256).items() if "ms" in m}
-            measured = {**known, **measure(model, sha256, backends=tuple(b for b in BACKENDS if b not in known))}
+            known = {n: m for n, m in remembered_timings(sha256, size).items() if "ms" in m}
+            measured = {**known, **measure(model, sha256, size=size,
+                                           backends=tuple(b for b in BACKENDS if b not in known))}
             backend = fastest(measured)
             if sha256:
-                remember(sha256, backend, measured)
+                remember(sha256, backend, measured, size)
     note = None
     why = missing(backend)
     if why:

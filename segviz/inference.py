@@ -11,6 +11,13 @@ from . import records, registry
 from .weights import MANIFEST, WeightsError, load_safetensors, sha256_file
 
 
+def probe_size(record: records.Record) -> tuple[int, int]:
+    """The size the record's backends are timed at: a 360x480 frame at the record's input scale."""
+    from .backends import PROBE_SIZE, probe_size as enlarged
+
+    return enlarged(record.scale_for(*PROBE_SIZE))
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -33,9 +40,12 @@ def _load_model(name: str, weights: str | None, device: str | None, manifest: st
     (``fcn8s_mobilenet_edgetpu.camvid``, or a registry key with one record); its weights are
     sha256-checked. With ``weights`` (a safetensors file), ``name`` may be any registry key.
     Cached per arguments."""
+    from .backends import PROBE_SIZE, torch_layout
+
+    size = PROBE_SIZE
     if weights is None:
         record = records.get(name, manifest)
-        model, sha = record.load(), record.sha256
+        model, sha, size = record.load(), record.sha256, probe_size(record)
     else:
         network = name.rsplit(".", 1)[0] if name not in registry.names() and "." in name else name
         spec = registry.get_spec(network)
@@ -51,10 +61,8 @@ def _load_model(name: str, weights: str | None, device: str | None, manifest: st
         model = load_safetensors(registry.build(spec.name, num_classes=int(meta.get("num_classes", 11))), weights,
                                  check="warn")
         sha = sha256_file(weights)
-    from .backends import torch_layout
-
     model = model.to(torch.device(device) if device else default_device()).eval()
-    return model.to(memory_format=torch_layout(model, sha))
+    return model.to(memory_format=torch_layout(model, sha, size))
 
 
 _runner_lock = threading.Lock()
@@ -70,7 +78,8 @@ def load_runner(name: str, backend: str | None = None, manifest: str = str(MANIF
 @functools.lru_cache(maxsize=32)
 def _load_runner(name: str, backend: str | None = None, manifest: str = str(MANIFEST)):
     """The record ``name`` ready to predict on the backend chosen for this machine
-    (:func:`segviz.backends.runner`: measured at first use, remembered, ``SEGVIZ_BACKEND`` overrides).
+    (:func:`segviz.backends.runner`: measured at first use on a frame at the record's input scale,
+    remembered, ``SEGVIZ_BACKEND`` overrides).
     Foreign networks without an exporter-friendly graph (the TFLite port) stay on torch."""
     from . import backends
 
@@ -78,7 +87,7 @@ def _load_runner(name: str, backend: str | None = None, manifest: str = str(MANI
     model = load_model(record.name, manifest=manifest)
     if not record.trained_here:
         return backends.make(model, "torch")
-    return backends.runner(model, record.sha256, backend)
+    return backends.runner(model, record.sha256, backend, probe_size(record))
 
 
 WARM_FIELD_SIZE = (360, 480)  # a CamVid frame (the app's examples), and a 4:3 photo's working size

@@ -326,10 +326,10 @@ def resolve_backends(models: list, backend: str | None) -> dict[str, str | None]
     if backend != "auto":
         return {r.name: backend for r in models}
     from .backends import missing, remembered, requested
-    from .inference import load_runner
+    from .inference import load_runner, probe_size
 
     def chosen(r):
-        known = requested() or remembered(r.sha256)  # what load_runner would pick, without loading the model
+        known = requested() or remembered(r.sha256, probe_size(r))  # what load_runner would pick, not loading it
         return known if known and not missing(known) else load_runner(r.name).backend
 
     return {r.name: chosen(r) if r.trained_here else None for r in models}

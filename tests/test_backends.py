@@ -103,6 +103,31 @@ def test_override_and_missing_backend(monkeypatch):
     assert r.backend == "torch" and "openvino is not installed" in r.note
 
 
+def test_a_record_is_timed_at_the_size_it_runs_at(monkeypatch):
+    """The bundled CamVid models run on the frame enlarged 2x, so their backends are timed on a 720x960
+    input, and the choice is remembered under that size (a choice made at 360x480 is not reused)."""
+    from segviz import inference, records
+
+    record = records.get(MODELS[0])
+    assert record.input_scale == 2 and inference.probe_size(record) == (720, 960)
+    sizes = []
+
+    def fake(model, key=None, size=None, backends=(), runs=3):
+        sizes.append(tuple(size))
+        return {b: {"ms": 1.0 if b == "onnxruntime" else 9.0, "agreement": 1.0} for b in backends}
+
+    monkeypatch.setattr(backends, "measure", fake)
+    backends.remember(record.sha256, "openvino", {}, backends.PROBE_SIZE)  # chosen at the frame's own size
+    inference._load_model.cache_clear(), inference._load_runner.cache_clear()
+    try:
+        chosen = inference.load_runner(record.name)
+    finally:
+        inference._load_model.cache_clear(), inference._load_runner.cache_clear()
+    assert set(sizes) == {(720, 960)}  # the torch layouts (load_model), then the other backends
+    assert chosen.backend == "onnxruntime" == backends.remembered(record.sha256, (720, 960))
+    assert backends.remembered(record.sha256) == "openvino"
+
+
 def test_a_backend_that_disagrees_is_never_chosen():
     measured = {"torch": {"ms": 100.0, "agreement": 1.0}, "openvino": {"ms": 10.0, "agreement": 0.98},
                 "onnxruntime": {"error": "no"}}
