@@ -328,7 +328,7 @@ def _choices_file() -> Path:
     return cache_dir() / "backends.json"
 
 
-def probe_size(scale: float = 1.0) -> tuple[int, int]:
+def probe_at(scale: float = 1.0) -> tuple[int, int]:
     """The size a model is timed at: :data:`PROBE_SIZE` enlarged by the model's input scale (the size its
     forwards run at), since a backend's lead can change with the input size."""
     return round(PROBE_SIZE[0] * scale), round(PROBE_SIZE[1] * scale)

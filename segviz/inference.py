@@ -13,9 +13,9 @@ from .weights import MANIFEST, WeightsError, load_safetensors, sha256_file
 
 def probe_size(record: records.Record) -> tuple[int, int]:
     """The size the record's backends are timed at: a 360x480 frame at the record's input scale."""
-    from .backends import PROBE_SIZE, probe_size as enlarged
+    from .backends import PROBE_SIZE, probe_at
 
-    return enlarged(record.scale_for(*PROBE_SIZE))
+    return probe_at(record.scale_for(*PROBE_SIZE))
 
 
 def default_device() -> torch.device:
