@@ -150,9 +150,10 @@ def test_sigkill_mid_epoch_then_resume_takes_the_same_steps(camvid_root, tmp_pat
     import sys
     import time
 
+    STEPS = 24  # on a fast CPU 8 steps of 64x96 crops passed between two looks at the checkpoint: kill came too late
     args = [sys.executable, "-m", "segviz", "train", "--model", MODEL, "--data", str(camvid_root), "--epochs", "1",
             "--batch-size", "2", "--size", "64x96", "--train-split", "seq:0001TP", "--val-split", "none",
-            "--checkpoint-every", "2", "--workers", "0", "--max-steps", "8", "--layout", "contiguous"]
+            "--checkpoint-every", "2", "--workers", "0", "--max-steps", str(STEPS), "--layout", "contiguous"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(args + ["--out", str(tmp_path / "straight")], cwd=root, env=env, check=True, capture_output=True)
@@ -167,16 +168,16 @@ def test_sigkill_mid_epoch_then_resume_takes_the_same_steps(camvid_root, tmp_pat
                     break
             except Exception:  # noqa: BLE001 - caught between write and rename: look again
                 pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     step = torch.load(ckpt, weights_only=True)["step"]
-    assert 4 <= step < 8
+    assert 4 <= step < STEPS
     subprocess.run(args + ["--out", str(tmp_path / "killed"), "--resume"], cwd=root, env=env, check=True,
                    capture_output=True)
     a = torch.load(tmp_path / "straight" / MODEL / "last.pt", weights_only=True)
     b = torch.load(ckpt, weights_only=True)
-    assert a["step"] == b["step"] == 8
+    assert a["step"] == b["step"] == STEPS
     for k in a["model"]:
         assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5), k
 
