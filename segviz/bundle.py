@@ -150,6 +150,13 @@ def bundled_scale(name: str, manifest: str | os.PathLike | None = None, input_sc
     return read_manifest(Path(manifest or MANIFEST)).get(f"{name}.camvid", {}).get("input_scale", 1.0)
 
 
+def same_scale(heldout: dict, scale: float, runs: str, hint: str = "") -> None:
+    """Refuse held-out scores measured at another input scale than the one ``runs`` (a model) runs at."""
+    have = heldout.get("input_scale", 1.0)
+    if have != scale:
+        raise ValueError(f"the held-out scores are of input scale {have:g}, {runs} runs at {scale:g}{hint}")
+
+
 def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.PathLike | None = None,
            heldout: dict | None = None, input_scale: float | None = None) -> dict:
     """Bundle the run in ``run_dir`` (a CamVid run of registry model ``name``) as record
@@ -162,13 +169,13 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
     record = f"{name}.camvid"
     recipe = json.loads((run_dir / "recipe.json").read_text())
     present = read_manifest(manifest).get(record, {})
-    scale = bundled_scale(name, manifest, input_scale)
+    scale = input_scale if input_scale is not None else present.get("input_scale", 1.0)
     if heldout is not None and (differ := recipe_differences(recipe, heldout["recipe"])):
         raise ValueError(f"the held-out run's recipe differs from {run_dir}'s in {', '.join(differ)}: "
                          "its score would not describe these weights' recipe")
-    if heldout is not None and heldout.get("input_scale", 1.0) != scale:
-        raise ValueError(f"the held-out scores are of input scale {heldout.get('input_scale', 1.0):g}, the model runs "
-                         f"at {scale:g}: score the held-out run at {scale:g} (--heldout-run RUN --input-scale {scale:g})")
+    if heldout is not None:
+        same_scale(heldout, scale, "the model", f": score the held-out run at {scale:g} (--heldout-run RUN "
+                                                f"--input-scale {scale:g})")
     if heldout is None:
         kept = present.get("heldout")
         if kept is not None and not recipe_differences(recipe, kept["recipe"]) and kept.get("input_scale", 1.0) == scale:
@@ -231,9 +238,7 @@ def record_heldout(record: str, heldout: dict, manifest: str | os.PathLike | Non
         raise ValueError(f"no bundled model {record!r} in {manifest}")
     if heldout["recipe"]["model"] != entry["model"]:
         raise ValueError(f"the held-out run trained {heldout['recipe']['model']}, not {entry['model']}")
-    if heldout.get("input_scale", 1.0) != entry.get("input_scale", 1.0):
-        raise ValueError(f"the held-out scores are of input scale {heldout.get('input_scale', 1.0):g}, "
-                         f"{record} runs at {entry.get('input_scale', 1.0):g}")
+    same_scale(heldout, entry.get("input_scale", 1.0), record)
     entry["heldout"] = heldout
     _write_entry(manifest, record, entry)
     return entry

@@ -83,7 +83,6 @@ class SegNet(SegmentationModel):
             backbone.remove_strides()
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
         c = backbone.channels  # the encoder's width at each level
-        self.widen = config.widen
         d = [ci * k for ci, k in zip(c, config.widen)]  # the decoder's
         self.decoder = nn.ModuleList()
         for level, n in enumerate(config.convs_per_level):
@@ -120,7 +119,7 @@ class SegNet(SegmentationModel):
             for level in reversed(range(len(self.decoder))):
                 x = self.decoder[level](x)  # densify, then narrow to level - 1's width
                 if level - 1 in indices:
-                    k = self.widen[level - 1]  # each index map serves k decoder channels
+                    k = self.config.widen[level - 1]  # each index map serves k decoder channels
                     x = max_unpool(x, indices[level - 1].repeat(1, k, 1, 1), sizes[level - 1])  # sparse, 2x larger
             return x  # (N, num_classes, H/2, W/2), upsampled by the base forward
         for level in reversed(range(len(self.decoder))):
