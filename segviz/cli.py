@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from .preprocess import INPUT_SCALE_RANGE
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -216,7 +218,7 @@ def cmd_predict(args) -> int:
     from .predict import predict_files
 
     written, failed = predict_files(args.model, args.images, args.out, crf=args.crf, alpha=args.opacity,
-                                    progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
+                                    input_scale=args.input_scale, progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
     print(f"wrote {len(written)} files to {args.out}" + (f"; {len(failed)} image(s) skipped" if failed else ""))
     return 1 if failed else 0
 
@@ -645,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="writes OUT/<model>/<image stem>.png and <stem>_overlay.png")
     pr.add_argument("--crf", action="store_true", help="refine with the dense CRF (the model set's preset, segviz.crf.PRESETS)")
     pr.add_argument("--opacity", type=_float_in(0, 1), default=0.6, help="mask opacity of the overlays")
+    pr.add_argument("--input-scale", type=_float_in(*INPUT_SCALE_RANGE), default=None,
+                    help="run every model on the image resized by this factor; the label maps stay at the image's "
+                         "size (default: each record's input scale, e.g. 2 for the bundled CamVid models)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
@@ -666,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true",
                    help="average the predictions at scales 0.75, 1, 1.25 (times the input scale) and their mirror "
                         "images (DeepLab v3's multi-scale + flip inference; 6 forwards per image)")
-    e.add_argument("--input-scale", type=_float_in(0.25, 4), default=None, help=INPUT_SCALE_HELP)
+    e.add_argument("--input-scale", type=_float_in(*INPUT_SCALE_RANGE), default=None, help=INPUT_SCALE_HELP)
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -705,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--heldout-run", default=None,
                    help="with bundle: the run folder of the same recipe with a sequence held out (its score is recorded), "
                         "or assets/trial_heldout.json, where `weights trial` recorded one")
-    w.add_argument("--input-scale", type=_float_in(0.25, 4), default=None,
+    w.add_argument("--input-scale", type=_float_in(*INPUT_SCALE_RANGE), default=None,
                    help="with bundle: how many times the model enlarges a frame before its forward (e.g. 2: CamVid's "
                         "720x960 originals' size); every score is measured so (default: the record's present one, else 1)")
     w.add_argument("--data", default=None)
@@ -724,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="val", help="val, seq:SEQ (a held-out sequence, e.g. seq:0006R0), ...")
     c.add_argument("--limit", type=_int_at_least(2), default=None, help="only the split's first N frames")
     c.add_argument("--weights", default=None, help="a safetensors file of --model (default: the bundled weights)")
-    c.add_argument("--input-scale", type=_float_in(0.25, 4), default=None, help=INPUT_SCALE_HELP)
+    c.add_argument("--input-scale", type=_float_in(*INPUT_SCALE_RANGE), default=None, help=INPUT_SCALE_HELP)
     c.add_argument("--grid", type=_crf_axis, action="append", metavar="NAME=V[,V...]",
                    help="the values to search for one parameter (repeat per parameter; the others stay at their "
                         "defaults); one value each scores that one setting. Default: segviz.evaluate.CRF_GRID")

@@ -96,19 +96,22 @@ def image_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
 
 
-def predict_one(name: str, image: np.ndarray, keep_probs: bool = False, inputs=None) -> Prediction:
-    """One model (a record name) on one image, cached on (image, model). ``inputs``: the image's
+def predict_one(name: str, image: np.ndarray, keep_probs: bool = False, inputs=None,
+                input_scale: float | None = None) -> Prediction:
+    """One model (a record name) on one image, cached on (image, model, scale). ``inputs``: the image's
     :class:`segviz.evaluate.ModelInput` when several models run on it (normalised once for them all).
-    ``ms`` is the forward alone; the arg-max skips the softmax unless the probabilities are kept."""
+    ``input_scale``: run the network on the image resized by this factor instead of the record's own
+    (:meth:`segviz.records.Record.scale_for`). ``ms`` is the forward alone; the arg-max skips the softmax
+    unless the probabilities are kept."""
     from .inference import load_runner
 
-    key = (image_key(image), name)
+    scale = records.get(name).scale_for(*image.shape[:2], input_scale)
+    key = (image_key(image), name, scale)
     hit = _CACHE.get(key)
     if hit is not None and (hit.probs is not None or not keep_probs):
         return hit
     runner = load_runner(name)
     x = (inputs or ModelInput(image)).for_model(runner, runner.device)
-    scale = records.get(name).scale_for(*image.shape[:2])
     t = time.perf_counter()
     logits = logits_of(runner, x, runner.device, scale)
     ms = (time.perf_counter() - t) * 1000
@@ -126,6 +129,7 @@ class Comparison:
     predictions: list[Prediction]  # raw network outputs
     gt: np.ndarray | None = None
     crf_params: "CRFParams | None" = None
+    input_scale: float | None = None  # the factor the user chose for every network; None: each record's own
     refined: dict = field(default_factory=dict)  # name -> (H, W) labels after the dense CRF
     metrics: dict = field(default_factory=dict)  # name -> scores() of what is shown, with the ground truth
     metrics_before_crf: dict = field(default_factory=dict)
@@ -185,21 +189,26 @@ def _close_crf_pool():
             _CRF_POOL = None
 
 
-def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> dict[str, np.ndarray]:
-    """CRF-refined labels of each model (cached); several models' CRFs run in parallel processes."""
-    keys = {n: (image_key(image), n, params) for n in names}
+def refine_all(names: list[str], image: np.ndarray, params, progress=None,
+               input_scale: float | None = None) -> dict[str, np.ndarray]:
+    """CRF-refined labels of each model (cached); several models' CRFs run in parallel processes.
+    ``input_scale``: as :func:`predict_one`'s."""
+    keys = {n: (image_key(image), n, params, records.get(n).scale_for(*image.shape[:2], input_scale)) for n in names}
     out = {n: _CRF_CACHE.get(keys[n]) for n in names}
     todo = [n for n in names if out[n] is None]
+
+    def probs(n):
+        return predict_one(n, image, keep_probs=True, input_scale=input_scale).probs
+
     if len(todo) == 1:
-        out[todo[0]] = _crf_labels(predict_one(todo[0], image, keep_probs=True).probs, image, params)
+        out[todo[0]] = _crf_labels(probs(todo[0]), image, params)
     elif todo:
         from concurrent.futures.process import BrokenProcessPool
 
         for attempt in (1, 2):  # a pool that lost a worker fails every job: once more on a new pool
             pool = _crf_pool()
             try:  # each model's CRF starts while the next model's prediction is made (or read from the cache)
-                jobs = {n: pool.submit(_crf_labels, predict_one(n, image, keep_probs=True).probs, image, params)
-                        for n in todo}
+                jobs = {n: pool.submit(_crf_labels, probs(n), image, params) for n in todo}
                 for i, n in enumerate(todo):
                     out[n] = jobs[n].result()
                     if progress:
@@ -216,22 +225,29 @@ def refine_all(names: list[str], image: np.ndarray, params, progress=None) -> di
 
 
 def compare(image: np.ndarray, names: list[str], gt: np.ndarray | None = None, progress=None,
-            crf_params=None) -> Comparison:
+            crf_params=None, input_scale: float | None = None) -> Comparison:
     """Run every selected model (record names) on ``image``; refine with the dense CRF when
-    ``crf_params`` is given (the models' CRFs in parallel processes); score them if ``gt`` is given."""
+    ``crf_params`` is given (the models' CRFs in parallel processes); score them if ``gt`` is given.
+    ``input_scale``: every network runs on the image resized by this factor (0.25 to 4) instead of its
+    record's own (:meth:`segviz.records.Record.scale_for`; the working-size cap still holds)."""
+    from .preprocess import check_input_scale
+
     if not names:
         raise ValueError("select at least one model")
+    if input_scale is not None:
+        input_scale = check_input_scale(input_scale)
     chosen = resolve(names)
-    result = Comparison(image, chosen, [], gt, crf_params)
+    result = Comparison(image, chosen, [], gt, crf_params, input_scale)
     inputs = ModelInput(image)
     for i, r in enumerate(chosen):
         if progress:
             progress(i / len(chosen), f"running {r.short}")
-        result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None, inputs=inputs))
+        result.predictions.append(predict_one(r.name, image, keep_probs=crf_params is not None, inputs=inputs,
+                                              input_scale=input_scale))
     if crf_params is not None:
         if progress:
             progress(0.0, f"dense CRF on {len(chosen)} models")
-        result.refined = refine_all([r.name for r in chosen], image, crf_params, progress)
+        result.refined = refine_all([r.name for r in chosen], image, crf_params, progress, input_scale)
     if gt is not None:
         labels = result.labels
         for p, shown in zip(result.predictions, result.shown()):
@@ -346,6 +362,7 @@ def comparison_card(c: Comparison, alpha: float, settings: dict | None = None, f
                         "latency_ms": round(p.ms, 1), "backend": p.backend, "input_scale": p.scale}
                        for r, p in zip(c.records, c.predictions)],
             "settings": {"opacity": alpha, "crf": c.crf_params.as_dict() if c.crf_params else None,
+                         "input_scale": "each model's own" if c.input_scale is None else c.input_scale,
                          **(settings or {})},
             "metrics": c.metrics,
             "metrics_before_crf": c.metrics_before_crf or None,

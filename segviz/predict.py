@@ -25,8 +25,10 @@ def _save(array: np.ndarray, path: Path) -> None:
 
 
 def predict_files(names: list[str], images: list[str], out: str | os.PathLike, crf: bool = False,
-                  alpha: float = 0.6, progress: bool = True, log=print) -> tuple[list[Path], list[str]]:
-    """Run ``names`` on every image; returns the files written and one line per image that failed."""
+                  alpha: float = 0.6, progress: bool = True, log=print,
+                  input_scale: float | None = None) -> tuple[list[Path], list[str]]:
+    """Run ``names`` on every image (each network on the image resized by ``input_scale``, default its record's
+    own); returns the files written and one line per image that failed."""
     from tqdm import tqdm
 
     chosen = resolve(names)  # unknown names, mixed label sets and missing weights fail before any work
@@ -51,7 +53,7 @@ def predict_files(names: list[str], images: list[str], out: str | os.PathLike, c
         except InputError as e:
             failed.append(f"{path}: {e}")
             continue
-        c = compare(prepared.image, [r.name for r in chosen], crf_params=crf_params)
+        c = compare(prepared.image, [r.name for r in chosen], crf_params=crf_params, input_scale=input_scale)
         h, w = prepared.original_size
         stem = Path(path).stem
         for r, labels in zip(chosen, c.shown()):

@@ -168,6 +168,21 @@ def whole_number(value, what: str) -> int:
     return int(value)
 
 
+INPUT_SCALE_RANGE = (0.25, 4.0)  # the factors a user may run a network at (the image enlarged or shrunk before it)
+
+
+def check_input_scale(value) -> float:
+    """A factor within :data:`INPUT_SCALE_RANGE`, as a float, or a one-line ValueError."""
+    low, high = INPUT_SCALE_RANGE
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if isinstance(value, bool) or not low <= scale <= high:
+        raise ValueError(f"the input scale must be a number from {low:g} to {high:g}, got {value!r}")
+    return scale
+
+
 def check_pixel(pixel) -> tuple[int, int]:
     """A (y, x) pair of whole numbers, or a one-line ValueError."""
     what = f"the pixel must be a (y, x) pair of whole numbers, got {pixel!r}; each coordinate"

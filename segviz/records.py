@@ -94,12 +94,13 @@ class Record:
         manifest sets none)."""
         return float(self.metrics.get("input_scale", 1))
 
-    def scale_for(self, height: int, width: int) -> float:
-        """:attr:`input_scale` for an image of this size: an enlargement stops where the longer side reaches the
-        working-size cap (:data:`segviz.preprocess.MAX_SIDE`), and an image already past it is not shrunk."""
+    def scale_for(self, height: int, width: int, scale: float | None = None) -> float:
+        """:attr:`input_scale` (or ``scale``, where the user chose one) for an image of this size: an enlargement
+        stops where the longer side reaches the working-size cap (:data:`segviz.preprocess.MAX_SIDE`), and an
+        image already past it is not shrunk."""
         from .preprocess import MAX_SIDE
 
-        s = self.input_scale
+        s = self.input_scale if scale is None else scale
         return max(1.0, min(s, MAX_SIDE / max(height, width))) if s > 1 else s
 
     def missing(self) -> str | None:

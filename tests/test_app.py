@@ -152,6 +152,45 @@ def test_a_record_runs_on_the_image_enlarged_to_its_input_scale_within_the_worki
 
 
 @needs_weights
+def test_the_user_can_run_every_network_at_one_input_scale_instead_of_its_own(frame, tmp_path):
+    """The Compare tab's "Network input size": x1 runs a CamVid record on the frame's own size (its logits as
+    the module's own forward gives them), cached apart from its x2 run; the cap still holds above x1, the
+    titles and the card say the factor, and a factor outside 0.25-4 is refused in one line."""
+
+    from segviz.compare import predict_one
+    from segviz.evaluate import ModelInput, labels_of, logits_of
+    from segviz.inference import load_runner
+    from segviz.preprocess import prepare_image
+    from segviz.ui.compare import INPUT_SCALE_CHOICES, input_scale_of
+
+    name = "fcn8s_mobilenet_edgetpu.camvid"
+    record = records.get(name)
+    assert record.scale_for(360, 480, 1.5) == 1.5 and record.scale_for(360, 480, 3) == 1024 / 480
+    assert record.scale_for(360, 480, 0.5) == 0.5 and record.scale_for(1500, 2000, 0.5) == 0.5
+    image = prepare_image(frame[0]).image
+    runner = load_runner(name)
+    x = ModelInput(image).for_model(runner, runner.device)
+    own, at_one = predict_one(name, image), predict_one(name, image, input_scale=1)
+    assert (own.scale, at_one.scale) == (2, 1)
+    assert np.array_equal(at_one.labels, labels_of(logits_of(runner, x, runner.device)))
+    assert not np.array_equal(at_one.labels, own.labels) and predict_one(name, image) is own
+    assert [input_scale_of(v) for _, v in INPUT_SCALE_CHOICES] == [None, 0.5, 1.0, 1.5, 2.0]
+    r = run_compare(frame[0], READY[:2], 0.6, input_scale=1)
+    assert [t for _, t in r["overlays"]] == [f"{t} · {p.ms:.0f} ms · {p.backend}"
+                                             for t, p in zip(TITLES[:2], r["view"].comparison.predictions)]
+    r = run_compare(frame[0], READY[:2], 0.6, input_scale=1.5)
+    assert all(t.split(" · ")[1] == "x1.5" for _, t in r["overlays"])
+    card = json.loads(zipfile.ZipFile(export_card(r["view"])).read("card.json"))
+    assert card["settings"]["input_scale"] == 1.5 and {m["input_scale"] for m in card["models"]} == {1.5}
+    for bad in ("9", "0", "x2", True):
+        with pytest.raises(ValueError, match="^the input scale must be a number from 0.25 to 4, got") as e:
+            input_scale_of(bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="input scale"):
+        run_compare(frame[0], READY[:1], 0.6, input_scale=5)
+
+
+@needs_weights
 def test_dense_crf_in_the_comparison(frame):
     from segviz import crf
     from segviz.ui.compare import crf_settings
@@ -422,7 +461,7 @@ def test_models_run_ahead_of_the_overlays_and_stop_when_the_run_is_closed(monkey
 
     ran, gate = [], threading.Event()
 
-    def fake_stream(image, names, keep_probs=False):
+    def fake_stream(image, names, keep_probs=False, input_scale=None):
         for n in names:
             if n == "broken":
                 raise ValueError("broken has no weights")
@@ -523,13 +562,19 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
     with _browser_page(server) as page:
         page.wait_for_selector("#run")
         assert "CPU" in page.inner_text("#header") or "CUDA" in page.inner_text("#header")
-        # A first run prepares every model (the server's warm-up may still be converting them); then a frame
-        # no test ran, so no model's prediction is cached: the time below is what a user waits.
+        # A first run prepares every model (the server's warm-up may still be converting them), each network on
+        # the frame's own size ("Network input size": x1, where the CamVid models' own is x2); then a frame no
+        # test ran, at each model's own size, so no model's prediction is cached: the time below is what a user
+        # waits.
         page.set_input_files("#input-image input[type=file]", str(camvid_root / "val" / "0016E5_08139.png"))
         page.wait_for_selector("#input-image img")
+        page.check("#input-scale input[value='1']")
         page.click("#run")
         page.wait_for_function("document.querySelector('#notes').innerText.includes('Time on the server')",
                                timeout=300_000)
+        alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
+        assert len(alts) == len(READY) and not any(" · x2 · " in a for a in alts), alts
+        page.check("#input-scale input[value='own']")
         page.set_input_files("#input-image input[type=file]", str(camvid_root / "val" / "0016E5_08151.png"))
         page.wait_for_selector("#input-image img")
         start = time.time()
@@ -544,7 +589,7 @@ def test_browser_upload_run_all_and_read_the_legend(server, camvid_root, tmp_pat
         page.wait_for_function("[...document.querySelectorAll('#overlays img, #disagreement img')]"
                                ".every(e => e.complete && e.naturalWidth > 0)", timeout=60_000)
         alts = page.eval_on_selector_all("#overlays .thumbnail-item img", "els => els.map(e => e.alt)")
-        assert [a.split(" · ")[0] for a in alts] == TITLES
+        assert [a.split(" · ")[:2] for a in alts] == [[t, "x2"] for t in TITLES]
         # each title carries its forward: "FCN-8s · x2 · 120 ms · openvino"
         forwards = sum(float(next(f for f in a.split(" · ") if f.endswith(" ms"))[:-3]) for a in alts) / 1000
         # The overlays stream in model by model; the legend and the figures come with the last step.

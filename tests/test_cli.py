@@ -226,6 +226,28 @@ def test_predict_writes_label_maps_at_the_image_size_for_both_sets(capsys, tmp_p
         assert code == 0 and (bird == 3).mean() > 0.05  # VOC id 3 is "bird"
 
 
+def test_predict_runs_every_model_at_the_input_scale_asked_for(capsys, tmp_path, camvid_root):
+    import numpy as np
+    from PIL import Image
+
+    from segviz.evaluate import labels_of, predict_logits
+    from segviz.inference import load_model
+
+    frame = camvid_root / "val" / "0016E5_07959.png"
+    code, out, _ = run(capsys, "predict", "--model", "fcn8s_mobilenet_edgetpu.camvid", "--out", str(tmp_path / "o"),
+                       "--quiet", "--input-scale", "1", str(frame))
+    assert code == 0 and "wrote 2 files" in out
+    labels = np.asarray(Image.open(tmp_path / "o" / "fcn8s_mobilenet_edgetpu.camvid" / "0016E5_07959.png"))
+    rgb = np.asarray(Image.open(frame).convert("RGB"))
+    model = load_model("fcn8s_mobilenet_edgetpu.camvid")
+    assert np.array_equal(labels, labels_of(predict_logits(model, rgb, scale=1)))
+    assert not np.array_equal(labels, labels_of(predict_logits(model, rgb, scale=2)))
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "predict", "--model", "fcn8s_mobilenet_edgetpu.camvid", "--out", str(tmp_path / "x"),
+            "--input-scale", "5", str(frame))
+    assert e.value.code == 2 and not (tmp_path / "x").exists()
+
+
 def test_predict_skips_bad_images_and_refuses_unknown_models(capsys, tmp_path, camvid_root):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

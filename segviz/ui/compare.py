@@ -160,9 +160,11 @@ def _basename_paths(message: str) -> str:
     return re.sub(r"(?:/[^\s/'\"]+)+/([^\s/'\"]+)", r"\1", message)
 
 
-def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None, drawn=None) -> dict:
+def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, crf=None, drawn=None,
+                input_scale: float | None = None) -> dict:
     """Everything the Compare tab shows for one click of Run (``names``: record names of one label
-    set; ``crf``: CRFParams or None). Stateless: the names alone say which models and label set.
+    set; ``crf``: CRFParams or None; ``input_scale``: :func:`input_scale_of`'s). Stateless: the names alone
+    say which models and label set.
     ``drawn``: the overlays already streamed to the page, as (file, title) in the models' order; used
     as they are when they show the same thing (no CRF), instead of being drawn again."""
     if not names:
@@ -183,7 +185,7 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
                                 prepared.original_size)
         except LabelsNotInSet as e:  # the predictions are still worth showing
             notes.append(f"ground truth not scored: {e}; is it a {chosen[0].dataset.short} label map?")
-    c = compare(prepared.image, list(names), mask, progress, crf_params=crf)
+    c = compare(prepared.image, list(names), mask, progress, crf_params=crf, input_scale=input_scale)
     maps = c.shown()
     shorts = [r.short for r in c.records]
     present = set(np.unique(np.stack(maps)).tolist())
@@ -204,7 +206,8 @@ def run_compare(image, names: list[str], alpha: float, gt=None, progress=None, c
     return result
 
 
-def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = False):
+def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = False,
+                       input_scale: float | None = None):
     """Yield (record, prediction) model by model: the Compare tab shows each overlay as it is ready
     (the predictions are cached, so the full comparison that follows does not run them again)."""
     from ..compare import predict_one
@@ -212,10 +215,11 @@ def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = F
 
     inputs = ModelInput(image)
     for r in resolve(list(names)):
-        yield r, predict_one(r.name, image, keep_probs=keep_probs, inputs=inputs)
+        yield r, predict_one(r.name, image, keep_probs=keep_probs, inputs=inputs, input_scale=input_scale)
 
 
-def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clock: Stopwatch):
+def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clock: Stopwatch,
+                      input_scale: float | None = None):
     """:func:`stream_predictions` with the models on a thread of their own, so that the next model runs
     while the caller colours and sends the last overlay (``clock``'s "models" counts that thread's time).
     Closing the generator (a cancelled run) stops the models after the one running."""
@@ -223,7 +227,7 @@ def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clo
 
     def produce():
         try:
-            stream = stream_predictions(image, names, keep_probs)
+            stream = stream_predictions(image, names, keep_probs, input_scale)
             while not stop.is_set():
                 with clock("models"):
                     item = next(stream, None)
@@ -241,6 +245,22 @@ def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clo
             yield item
     finally:
         stop.set()
+
+
+# The Compare tab's choice of network input: each model's own factor (the bundled CamVid models enlarge a frame 2x,
+# chosen on the held-out drive), or one factor for all of them. Up to x2, where a 360x480 frame reaches the 1024 px
+# working-size cap (a larger factor would run at about 2.13).
+OWN_SCALE = "own"
+INPUT_SCALE_CHOICES = [("each model's own", OWN_SCALE), ("x0.5", "0.5"), ("x1: the image's size", "1"),
+                       ("x1.5", "1.5"), ("x2", "2")]
+
+
+def input_scale_of(choice) -> float | None:
+    """The Compare tab's input-scale choice as :func:`segviz.compare.compare` takes it: None for each model's
+    own factor, else the factor (0.25 to 4; API clients may send any such number)."""
+    from ..preprocess import check_input_scale
+
+    return None if choice in (None, "", OWN_SCALE) else check_input_scale(choice)
 
 
 def restyle(view: CompareView | None, alpha: float) -> list:
@@ -319,6 +339,10 @@ def build_tab(gr, user_error):
                     run = gr.Button("Run all", variant="primary", elem_id="run")
                     cancel = gr.Button("Cancel", elem_id="cancel")
                 alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Mask opacity", elem_id="opacity")
+                input_scale = gr.Radio(INPUT_SCALE_CHOICES, value=OWN_SCALE, label="Network input size",
+                                       info="Each network runs on the image resized by this factor; its labels "
+                                            "come back at the image's size. The CamVid models' own is x2.",
+                                       elem_id="input-scale")
                 gt = gr.File(label="Ground-truth label PNG (optional, class ids per pixel; scored on upload)",
                              file_types=[".png"], type="filepath", elem_id="ground-truth")
                 crf_controls = crf_panel(gr, model_set.value)
@@ -378,13 +402,15 @@ def build_tab(gr, user_error):
                     (png_file(first["before"]), png_file(first["after"])) if first else None, gallery_files(changed),
                     png_file(r["overlays"][0][0]), gr.Dataframe(value=[], headers=["model", "class"]), None]
 
-        def on_run(image, names, alpha, gt, use_crf, *crf_values, progress=gr.Progress()):
+        def on_run(image, names, alpha, gt, use_crf, *crf_values_and_scale, progress=gr.Progress()):
             """A generator: each overlay appears as its model finishes, then everything else at once
             (API clients get the final outputs only)."""
             yield cleared()
             clock = Stopwatch()
+            *crf_values, scale_choice = crf_values_and_scale
             with user_error():
                 crf = crf_settings(use_crf, *crf_values)
+                scale = input_scale_of(scale_choice)
                 if not names:
                     raise ValueError("select at least one model")
                 with clock("decode"):
@@ -393,14 +419,14 @@ def build_tab(gr, user_error):
             tiles = []
             skip = [gr.skip()] * (len(outputs) - 2)
             with user_error():
-                for i, (r, p) in enumerate(predictions_ahead(working, ready, crf is not None, clock)):
+                for i, (r, p) in enumerate(predictions_ahead(working, ready, crf is not None, clock, scale)):
                     progress(i / len(ready), desc=f"ran {r.short}")
                     with clock("colouring"):
                         tiles.append((png_file(viz.overlay(working, p.labels, r.labels, alpha)), overlay_title(r, p)))
                     yield [gr.skip(), list(tiles)] + skip
             with user_error(), clock("figures"):
                 out = shown(run_compare(image, names, alpha, gt, progress=lambda f, msg: progress(f, desc=msg), crf=crf,
-                                        drawn=tiles))
+                                        drawn=tiles, input_scale=scale))
             out[outputs.index(notes)] += f"\n\n<small>{clock}</small>"
             yield out
 
@@ -414,7 +440,7 @@ def build_tab(gr, user_error):
                 if not shows(c, image):
                     gr.Info("The image changed since the last Run: press Run all to compare it.")
                     return [gr.skip()] * len(outputs)
-                return shown(run_compare(image, c.names, view.alpha, gt, crf=c.crf_params))
+                return shown(run_compare(image, c.names, view.alpha, gt, crf=c.crf_params, input_scale=c.input_scale))
 
         def on_crf_model(view, name):
             if view is None or not name:
@@ -448,7 +474,7 @@ def build_tab(gr, user_error):
             with user_error():
                 return export_card(view)
 
-        running = run.click(on_run, [image, names, alpha, gt, *crf_controls], outputs,
+        running = run.click(on_run, [image, names, alpha, gt, *crf_controls, input_scale], outputs,
                             api_name="compare", concurrency_limit=1)
         gt.change(on_ground_truth, [view, image, gt], outputs, api_name=False, concurrency_limit=1)
         crf_model.change(on_crf_model, [view, crf_model], crf_slider, api_name=False)
