@@ -45,7 +45,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-file-size", type=file_size, default=MAX_FILE_SIZE,
                         help="largest upload (default %(default)s)")
     parser.add_argument("--no-warm-up", action="store_true",
-                        help="do not prepare the CamVid models on their fastest backend in the background at start")
+                        help="do not prepare the CamVid models on their fastest backend (and run each twice at its "
+                             "input size) in the background at start")
     args = parser.parse_args()
     if args.queue < 1:
         parser.error("--queue must be at least 1")

@@ -181,6 +181,41 @@ def bench_review(data=None, limit: int | None = None, warmup: int = 2, runs: int
             "input_scales": {r.name: r.input_scale for r in result.models}}
 
 
+def bench_first_runs(warm: bool = True, frames: int = 3, size=(360, 480), names: list[str] | None = None,
+                     seed: int = 0) -> dict:
+    """The Compare tab's first comparisons in this process (run it fresh): every ready CamVid model (or ``names``)
+    on the runner the app chooses, at its input scale, on ``frames`` new random ``size`` frames in a row, through
+    the tab's path (:func:`segviz.ui.compare.predictions_ahead`), after the app's start-up warm-up
+    (:func:`segviz.inference.warm_up`) or, with ``warm=False``, with the runners only prepared. ``forwards_s``: each
+    comparison's forwards summed (what the overlay titles add up to); ``vs_last``: each over the last one, the
+    reference, by then warm."""
+    import numpy as np
+
+    from . import records
+    from .inference import load_runner, warm_up
+    from .ui.compare import Stopwatch, predictions_ahead
+
+    names = names or [r.name for r in records.records("camvid") if r.missing() is None]
+    if not names:
+        raise ValueError("no CamVid model's weights are here: python -m segviz weights list")
+    t = time.perf_counter()
+    if warm:
+        warm_up("camvid", log=lambda line: None)
+    for name in names:
+        load_runner(name)
+    prepared = time.perf_counter() - t
+    rng = np.random.default_rng(seed)
+    sums = []
+    for _ in range(frames):
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        sums.append(sum(p.ms for _, p in predictions_ahead(image, names, False, Stopwatch())) / 1000)
+    return {"warm_up": warm, "models": len(names), "size": list(size), "threads": torch.get_num_threads(),
+            "prepare_s": round(prepared, 2), "forwards_s": [round(v, 3) for v in sums],
+            "vs_last": [round(v / sums[-1], 3) for v in sums],
+            "runners": {name: load_runner(name).backend for name in names},
+            "input_scales": {name: records.get(name).scale_for(*size) for name in names}}
+
+
 def bench_crf(size=(360, 480), labels: int = 12, iterations: int = 5, runs: int = 5, seed: int = 0) -> dict:
     """Our :func:`segviz.crf.dense_crf` against the same raw pydensecrf calls, same inputs, same process."""
     import numpy as np

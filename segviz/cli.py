@@ -163,6 +163,16 @@ def cmd_bench(args) -> int:
               f"backends): {result['first_pass_s']} s = {result['ratio']:.2f} x the forwards ({f['before']} s per frame "
               f"before, {f['after']} s after) + decoding ({result['decoding_s']} s)")
         return 0
+    if args.first_runs:
+        from .bench import bench_first_runs
+
+        result = bench_first_runs(warm=not args.no_warm_up, frames=args.runs, size=args.size)
+        print(json.dumps(result, indent=1) if args.json else
+              f"first {len(result['forwards_s'])} comparisons of {result['models']} CamVid models on new "
+              f"{result['size'][0]}x{result['size'][1]} frames, " + ("after" if result["warm_up"] else "without") +
+              f" the app's warm-up ({result['prepare_s']} s): forwards " +
+              ", ".join(f"{s} s ({r:.2f}x)" for s, r in zip(result["forwards_s"], result["vs_last"])) + " against the last")
+        return 0
     if args.erf:
         from .bench import bench_erf
         from .data.camvid import default_root, read_split
@@ -753,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time only these backends (default: every one)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crf", action="store_true", help="time the dense CRF wrapper against raw pydensecrf instead")
+    b.add_argument("--first-runs", action="store_true",
+                   help="time the Compare tab's first --runs comparisons in this process (the forwards summed, each "
+                        "against the last) after the app's start-up warm-up instead")
+    b.add_argument("--no-warm-up", action="store_true", help="with --first-runs: prepare the runners only")
     b.add_argument("--erf", action="store_true", help="time the effective-receptive-field grid instead")
     b.add_argument("--review", action="store_true",
                    help="time the Review's first pass over CamVid val against the models' forwards instead")

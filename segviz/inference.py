@@ -90,14 +90,47 @@ def _load_runner(name: str, backend: str | None = None, manifest: str = str(MANI
     return backends.runner(model, record.sha256, backend, probe_size(record))
 
 
+_MODEL_THREAD = None
+_model_thread_lock = threading.Lock()
+
+
+def model_thread():
+    """The one thread the app runs its models' forwards on (the Compare tab's models, the start-up warm-up), kept
+    for the process's life. The runners keep per-thread state (OpenVINO an infer request per thread and model,
+    PyTorch's OpenMP a team of threads per calling thread) that a new thread builds again: the warm-up's forwards
+    leave it ready for the first comparison only when they ran on the same thread. One thread also lets a
+    cancelled comparison's last model finish before the next comparison's first starts."""
+    global _MODEL_THREAD
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _model_thread_lock:
+        if _MODEL_THREAD is None:
+            _MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segviz-models")
+        return _MODEL_THREAD
+
+
+def _forwards(runner, x: torch.Tensor, times: int) -> None:
+    from .evaluate import logits_of
+
+    with torch.inference_mode():
+        for _ in range(times):
+            logits_of(runner, x, runner.device)
+
+
+# A backend's first forward at a new size builds its kernels for that size, and the OpenVINO runner compiles a
+# model for a size at its second sight (segviz.backends): at 720x960 on a 2-core EPYC the twelve CamVid models'
+# first, second and third forwards took 2.8, 2.2 and 1.4 s in all. Two forwards at warm-up leave the third.
+WARM_FORWARDS = 2
 WARM_FIELD_SIZE = (360, 480)  # a CamVid frame (the app's examples), and a 4:3 photo's working size
 
 
 def warm_up(dataset: str = "camvid", log=print) -> None:
     """Prepare every ready model of ``dataset`` on its backend (measured and converted once per
-    machine, then remembered), so that the first comparison does not pay for it; then trace each one's
-    theoretical receptive field at :data:`WARM_FIELD_SIZE`, which the Receptive field tab's first grid
-    at that size would otherwise wait for."""
+    machine, then remembered) and run it :data:`WARM_FORWARDS` times on a blank frame of
+    :func:`probe_size` (a CamVid frame at the record's input scale), so that the first comparison does
+    not pay for either; then trace each one's theoretical receptive field at :data:`WARM_FIELD_SIZE`,
+    which the Receptive field tab's first grid at that size would otherwise wait for. The forwards run on
+    :func:`model_thread`, where the Compare tab's run."""
     import time
 
     from .receptive_field import theoretical_field
@@ -106,7 +139,11 @@ def warm_up(dataset: str = "camvid", log=print) -> None:
     for r in ready:
         t = time.perf_counter()
         runner = load_runner(r.name)
-        log(f"{r.name}: {runner.backend} ({time.perf_counter() - t:.1f} s)")
+        prepared = time.perf_counter() - t
+        x = torch.zeros(1, 3, *probe_size(r), device=runner.device)
+        model_thread().submit(_forwards, runner, x, WARM_FORWARDS).result()
+        log(f"{r.name}: {runner.backend} ({prepared:.1f} s, then {WARM_FORWARDS} forwards at "
+            f"{x.shape[-2]}x{x.shape[-1]} in {time.perf_counter() - t - prepared:.1f} s)")
     t = time.perf_counter()
     for r in ready:
         theoretical_field(r.name, WARM_FIELD_SIZE)

@@ -453,15 +453,17 @@ def test_run_can_be_cancelled_and_old_outputs_are_deleted():
 
 
 def test_models_run_ahead_of_the_overlays_and_stop_when_the_run_is_closed(monkeypatch):
-    """The Compare tab colours and sends one overlay while the next model runs; a model's error reaches the
-    request, and a closed (cancelled) run stops the models after the one running."""
+    """The Compare tab colours and sends one overlay while the next model runs, on one thread for every run;
+    a model's error reaches the request, and a closed (cancelled) run stops the models after the one running."""
     import threading
 
+    from segviz import inference
     from segviz.ui import compare as ui_compare
 
-    ran, gate = [], threading.Event()
+    ran, gate, threads = [], threading.Event(), set()
 
     def fake_stream(image, names, keep_probs=False, input_scale=None):
+        threads.add(threading.get_ident())
         for n in names:
             if n == "broken":
                 raise ValueError("broken has no weights")
@@ -482,6 +484,9 @@ def test_models_run_ahead_of_the_overlays_and_stop_when_the_run_is_closed(monkey
     assert ran == ["a", "b"] and "models" in clock.seconds  # "c" never ran
     with pytest.raises(ValueError, match="broken has no weights"):
         list(ui_compare.predictions_ahead(None, ["x", "broken"], False, ui_compare.Stopwatch()))
+    assert list(ui_compare.predictions_ahead(None, ["d"], False, ui_compare.Stopwatch())) == [("d", "D")]
+    # three runs, on the one thread the app's models run on (the warm-up's forwards too)
+    assert threads == {inference.model_thread().submit(threading.get_ident).result()} != {threading.get_ident()}
 
 
 # --------------------------------------------------------------------------- a live server

@@ -128,6 +128,39 @@ def test_a_record_is_timed_at_the_size_it_runs_at(monkeypatch):
     assert backends.remembered(record.sha256) == "openvino"
 
 
+def test_the_app_warm_up_runs_every_ready_model_twice_at_the_size_it_runs_at(monkeypatch):
+    """The first forwards at a new size are the slow ones (kernels built, OpenVINO's model for that size
+    compiled at its second sight): the warm-up spends them on a CamVid frame at each record's input scale, on
+    the thread the Compare tab runs its models on, so that a first comparison on such a frame does not."""
+    import threading
+
+    from segviz import inference, receptive_field, records
+
+    shapes, threads = {}, set()
+
+    class Runner:
+        backend, device = "openvino", "cpu"
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, x):
+            shapes.setdefault(self.name, []).append(tuple(x.shape))
+            threads.add(threading.current_thread().name)
+            return {"out": x[:, :1]}
+
+    monkeypatch.setattr(inference, "load_runner", Runner)
+    monkeypatch.setattr(receptive_field, "theoretical_field", lambda name, size: None)
+    lines = []
+    inference.warm_up("camvid", log=lines.append)
+    ready = [r for r in records.records("camvid") if r.missing() is None]
+    assert ready and all(r.input_scale == 2 for r in ready)
+    assert shapes == {r.name: [(1, 3, 720, 960)] * 2 for r in ready}
+    assert "2 forwards at 720x960" in lines[0]
+    model_thread = inference.model_thread().submit(lambda: threading.current_thread().name).result()
+    assert threads == {model_thread} != {threading.current_thread().name}
+
+
 def test_a_backend_that_disagrees_is_never_chosen():
     measured = {"torch": {"ms": 100.0, "agreement": 1.0}, "openvino": {"ms": 10.0, "agreement": 0.98},
                 "onnxruntime": {"error": "no"}}

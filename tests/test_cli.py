@@ -85,6 +85,20 @@ def test_bench_review_times_the_first_pass_against_the_forwards(capsys, camvid_r
     assert r["ratio"] == pytest.approx(expected, rel=0.02)  # rounded fields
 
 
+def test_bench_first_runs_times_the_first_comparisons_against_the_last(capsys, monkeypatch):
+    from segviz import bench, inference
+
+    code, out, _ = run(capsys, "bench", "--first-runs", "--no-warm-up", "--runs", "2", "--size", "64x96", "--json")
+    r = json.loads(out)
+    assert code == 0 and not r["warm_up"] and r["models"] == len(r["runners"]) >= 10 and len(r["forwards_s"]) == 2
+    assert set(r["input_scales"].values()) == {2.0}  # the bundled CamVid models, at their own scale
+    assert r["vs_last"][-1] == 1.0 and r["vs_last"][0] == pytest.approx(r["forwards_s"][0] / r["forwards_s"][1], rel=0.02)
+    warmed = []
+    monkeypatch.setattr(inference, "warm_up", lambda dataset, log: warmed.append(dataset))
+    r = bench.bench_first_runs(frames=1, size=(64, 96), names=["fcn8s_mobilenet_edgetpu.camvid"])
+    assert warmed == ["camvid"] and r["warm_up"] and r["models"] == 1
+
+
 @pytest.mark.slow
 def test_bench_erf_times_the_grid_against_plain_autograd(capsys, tmp_path):
     import cv2

@@ -138,7 +138,10 @@ def test_the_app_warm_up_traces_every_ready_models_field_at_the_examples_size(mo
     from segviz import inference, receptive_field, records
 
     class Runner:
-        backend = "torch"
+        backend, device = "torch", "cpu"
+
+        def __call__(self, x):
+            return {"out": x}
 
     traced = []
     monkeypatch.setattr(inference, "load_runner", lambda name: Runner())

@@ -220,7 +220,7 @@ def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = F
 
 def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clock: Stopwatch,
                       input_scale: float | None = None):
-    """:func:`stream_predictions` with the models on a thread of their own, so that the next model runs
+    """:func:`stream_predictions` with the models on :func:`segviz.inference.model_thread`, so that the next model runs
     while the caller colours and sends the last overlay (``clock``'s "models" counts that thread's time).
     Closing the generator (a cancelled run) stops the models after the one running."""
     ready, stop = queue.Queue(), threading.Event()
@@ -237,7 +237,9 @@ def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clo
         except BaseException as e:  # handed to the caller, which raises it in the request
             ready.put(e)
 
-    threading.Thread(target=produce, name="compare-models", daemon=True).start()
+    from ..inference import model_thread
+
+    model_thread().submit(produce)
     try:
         while (item := ready.get()) is not None:
             if isinstance(item, BaseException):
