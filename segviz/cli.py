@@ -228,7 +228,8 @@ def cmd_predict(args) -> int:
     from .predict import predict_files
 
     written, failed = predict_files(args.model, args.images, args.out, crf=args.crf, alpha=args.opacity,
-                                    input_scale=args.input_scale, progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
+                                    input_scale=args.input_scale, progress=not args.quiet,
+                                    log=lambda line: print(line, file=sys.stderr))
     print(f"wrote {len(written)} files to {args.out}" + (f"; {len(failed)} image(s) skipped" if failed else ""))
     return 1 if failed else 0
 

@@ -130,7 +130,7 @@ def warm_up(dataset: str = "camvid", log=print) -> None:
     :func:`probe_size` (a CamVid frame at the record's input scale), so that the first comparison does
     not pay for either; then trace each one's theoretical receptive field at :data:`WARM_FIELD_SIZE`,
     which the Receptive field tab's first grid at that size would otherwise wait for. The forwards run on
-    :func:`model_thread`, where the Compare tab's run."""
+    :func:`model_thread`, where the Compare tab's forwards run."""
     import time
 
     from .receptive_field import theoretical_field

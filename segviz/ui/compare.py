@@ -220,8 +220,8 @@ def stream_predictions(image: np.ndarray, names: list[str], keep_probs: bool = F
 
 def predictions_ahead(image: np.ndarray, names: list[str], keep_probs: bool, clock: Stopwatch,
                       input_scale: float | None = None):
-    """:func:`stream_predictions` with the models on :func:`segviz.inference.model_thread`, so that the next model runs
-    while the caller colours and sends the last overlay (``clock``'s "models" counts that thread's time).
+    """:func:`stream_predictions` with the models on :func:`segviz.inference.model_thread`, so that the next
+    model runs while the caller colours and sends the last overlay (``clock``'s "models" counts that thread's time).
     Closing the generator (a cancelled run) stops the models after the one running."""
     ready, stop = queue.Queue(), threading.Event()
 
