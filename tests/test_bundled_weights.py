@@ -1,6 +1,7 @@
 """The bundled CamVid models: verified loading and their measured quality on real val images."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -146,11 +147,12 @@ def test_two_threads_loading_one_model_get_one_copy(private_manifest):
 
 
 # Bundled weights that are a held-out run's own (trained on noseq:SEQ; the others were trained again on train + val):
-# one per architecture, the slow ones in CI; the default run scores the one with the cheapest forward.
+# one per architecture, the slow ones in CI; the default run scores the one with the fewest multiply-adds per forward
+# (assets/bench.json).
 OWN_RUNS = [n for n, e in read_manifest().items() if e.get("train_split", "").startswith("noseq:")]
-CHEAPEST_FIRST = ("fcn8s", "fcn16s", "fcn32s", "pspnet", "deeplabv3")  # under 3.1 G multiply-adds at 360x480
-DEFAULT_OWN_RUN = next((n for arch in CHEAPEST_FIRST for n in OWN_RUNS if read_manifest()[n]["arch"] == arch),
-                       OWN_RUNS[0] if OWN_RUNS else None)
+GMACS = {m["name"]: m["gmacs"] for m in json.loads((Path(__file__).resolve().parent.parent / "assets" / "bench.json")
+                                                   .read_text())["models"]}
+DEFAULT_OWN_RUN = min(OWN_RUNS, key=lambda n: GMACS.get(read_manifest()[n]["model"], float("inf")), default=None)
 
 
 @pytest.mark.parametrize("name", [n if n == DEFAULT_OWN_RUN else pytest.param(n, marks=pytest.mark.slow)
