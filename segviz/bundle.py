@@ -176,7 +176,7 @@ def bundle(name: str, run_dir: str | os.PathLike, data=None, manifest: str | os.
     if heldout is not None:
         same_scale(heldout, scale, "the model", f": score the held-out run at {scale:g} (--heldout-run RUN "
                                                 f"--input-scale {scale:g})")
-    if heldout is None:
+    else:
         kept = present.get("heldout")
         if kept is not None and not recipe_differences(recipe, kept["recipe"]) and kept.get("input_scale", 1.0) == scale:
             heldout = kept

@@ -96,6 +96,11 @@ def image_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
 
 
+def scale_of(name: str, image: np.ndarray, input_scale: float | None = None) -> float:
+    """The factor the record ``name``'s network runs ``image`` at: ``input_scale``, else its own, within the cap."""
+    return records.get(name).scale_for(*image.shape[:2], input_scale)
+
+
 def predict_one(name: str, image: np.ndarray, keep_probs: bool = False, inputs=None,
                 input_scale: float | None = None) -> Prediction:
     """One model (a record name) on one image, cached on (image, model, scale). ``inputs``: the image's
@@ -105,7 +110,7 @@ def predict_one(name: str, image: np.ndarray, keep_probs: bool = False, inputs=N
     unless the probabilities are kept."""
     from .inference import load_runner
 
-    scale = records.get(name).scale_for(*image.shape[:2], input_scale)
+    scale = scale_of(name, image, input_scale)
     key = (image_key(image), name, scale)
     hit = _CACHE.get(key)
     if hit is not None and (hit.probs is not None or not keep_probs):
@@ -193,7 +198,7 @@ def refine_all(names: list[str], image: np.ndarray, params, progress=None,
                input_scale: float | None = None) -> dict[str, np.ndarray]:
     """CRF-refined labels of each model (cached); several models' CRFs run in parallel processes.
     ``input_scale``: as :func:`predict_one`'s."""
-    keys = {n: (image_key(image), n, params, records.get(n).scale_for(*image.shape[:2], input_scale)) for n in names}
+    keys = {n: (image_key(image), n, params, scale_of(n, image, input_scale)) for n in names}
     out = {n: _CRF_CACHE.get(keys[n]) for n in names}
     todo = [n for n in names if out[n] is None]
 
