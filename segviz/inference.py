@@ -118,8 +118,9 @@ def _forwards(runner, x: torch.Tensor, times: int) -> None:
 
 
 # A backend's first forward at a new size builds its kernels for that size, and the OpenVINO runner compiles a
-# model for a size at its second sight (segviz.backends): at 720x960 on a 2-core EPYC the twelve CamVid models'
-# first, second and third forwards took 2.8, 2.2 and 1.4 s in all. Two forwards at warm-up leave the third.
+# model for a size at its second sight (segviz.backends): without them, the twelve CamVid models' first two
+# comparisons of 360x480 frames took 1.4-1.8x the fourth on a 2-core EPYC (`python -m segviz bench --first-runs
+# --no-warm-up --runs 4`). Two forwards at warm-up leave the third's speed.
 WARM_FORWARDS = 2
 WARM_FIELD_SIZE = (360, 480)  # a CamVid frame (the app's examples), and a 4:3 photo's working size
 
