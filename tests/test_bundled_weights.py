@@ -1,7 +1,6 @@
 """The bundled CamVid models: verified loading and their measured quality on real val images."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -144,30 +143,3 @@ def test_two_threads_loading_one_model_get_one_copy(private_manifest):
     for t in threads:
         t.join()
     assert len(got) == 3 and got[0] is got[1] is got[2]
-
-
-# Bundled weights that are a held-out run's own (trained on noseq:SEQ; the others were trained again on train + val):
-# one per architecture, the slow ones in CI; the default run scores the one with the fewest multiply-adds per forward
-# (assets/bench.json).
-OWN_RUNS = [n for n, e in read_manifest().items() if e.get("train_split", "").startswith("noseq:")]
-GMACS = {m["name"]: m["gmacs"] for m in json.loads((Path(__file__).resolve().parent.parent / "assets" / "bench.json")
-                                                   .read_text())["models"]}
-DEFAULT_OWN_RUN = min(OWN_RUNS, key=lambda n: GMACS.get(read_manifest()[n]["model"], float("inf")), default=None)
-
-
-@pytest.mark.parametrize("name", [n if n == DEFAULT_OWN_RUN else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in OWN_RUNS])
-def test_bundled_weights_of_a_held_out_run_score_its_held_out_column(name, camvid_root):
-    """Where the bundled file is the held-out run itself, its held-out column is a measurement of that file
-    (stored in float16) on the sequence it never trained on, not an estimate from another run."""
-    from segviz.data.camvid import CamVid
-    from segviz.evaluate import evaluate
-
-    entry = read_manifest()[name]
-    held = entry["heldout"]
-    assert held["split"] == "seq:" + entry["train_split"].removeprefix("noseq:")
-    assert entry["recipe"] == {**held["recipe"], "arch": entry["arch"]} and entry["best_epoch"] == held["epoch"]
-    assert held.get("input_scale", 1) == entry.get("input_scale", 1)
-    result = evaluate(load_model(name, device="cpu"), CamVid(camvid_root, held["split"]), progress=False,
-                      input_scale=entry.get("input_scale", 1))
-    assert abs(result["miou"] - held["miou"]) <= 0.1, (result["miou"], held["miou"])
